@@ -1,0 +1,48 @@
+"""Build a model with random weights and its card, marked untrained, for demos and tests."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from triage.catalogue import REFERENCE_LABEL_ORDER
+
+from .card import ModelCard, file_sha256
+
+
+def build_demo_model(out: Path, backbone: str = "resnet152", seed: int = 0) -> ModelCard:
+    from .loader import configure_tensorflow
+
+    configure_tensorflow()
+    import keras
+
+    from .network import build_model
+
+    keras.utils.set_random_seed(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = build_model(backbone)
+    tmp = out.with_name(".building-" + out.name)
+    model.save(tmp)
+    tmp.replace(out)
+    card = ModelCard(labels=list(REFERENCE_LABEL_ORDER), version=f"demo-{backbone}-untrained",
+                     weights_sha256=file_sha256(out), trained=False, architecture=backbone,
+                     notes="Random weights: outputs are meaningless. Built for demonstration and testing.")
+    card.save(out)
+    return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=None, help="weights file to write (.keras or .h5)")
+    parser.add_argument("--backbone", choices=("resnet152", "tiny"), default="resnet152")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        from triage.settings import get_settings
+
+        args.out = get_settings().model_path
+    card = build_demo_model(args.out, args.backbone)
+    print(f"wrote {args.out} ({card.model_version}, untrained)")
+
+
+if __name__ == "__main__":
+    main()

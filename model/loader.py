@@ -1,0 +1,84 @@
+"""Load a weights file and its card into a classifier held in memory for the life of a worker."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .card import ModelCard, file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def configure_tensorflow():
+    """Import TensorFlow once with the settings a long-lived worker needs (never before a fork)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # Grow GPU memory on demand so several workers (or the web) can share a card.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return tf
+
+
+class Classifier:
+    """A loaded model: call `predict` with preprocessed batches; returns calibrated probabilities."""
+
+    def __init__(self, model, card: ModelCard, tf):
+        self.model = model
+        self.card = card
+        self.labels = list(card.labels)
+        self.version = card.model_version
+        self.trained = card.trained
+        self.input_size = card.input_size
+        self._tf = tf
+        size = card.input_size
+        # One traced graph for every batch size; calling the model as a function, not model.predict,
+        # which builds a new dataset per call and leaks in a long-lived process.
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                    input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        if model.output_shape[-1] != len(self.labels):
+            raise ValueError(f"the model has {model.output_shape[-1]} outputs but its card lists "
+                             f"{len(self.labels)} labels")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        probs = self._forward(self._tf.constant(batch, dtype=self._tf.float32)).numpy().astype(np.float64)
+        return apply_temperature(probs, self.card.temperature)
+
+    def warm_up(self) -> float:
+        start = time.perf_counter()
+        self.predict(np.zeros((1, self.input_size, self.input_size, 3), np.float32))
+        return time.perf_counter() - start
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling on softmax outputs: softmax(log p / T) equals softmax(logits / T)."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def load_classifier(weights: Path) -> Classifier:
+    """Load a `.keras` or Keras-2 `.h5` file; refuse it when its card is missing or does not match."""
+    weights = Path(weights)
+    if not weights.exists():
+        raise FileNotFoundError(f"model file {weights} does not exist (build the demo model with "
+                                f"`python -m model.demo`, or set DERMATRIAGE_MODEL_PATH)")
+    card = ModelCard.load(weights)
+    actual = file_sha256(weights)
+    if actual != card.weights_sha256:
+        raise ValueError(f"{weights} does not match its card (SHA-256 {actual[:12]} vs "
+                         f"{card.weights_sha256[:12]}): the label order cannot be trusted")
+    tf = configure_tensorflow()
+    import keras
+
+    start = time.perf_counter()
+    model = keras.models.load_model(weights, compile=False)
+    log.info("loaded %s (%s) in %.1fs", weights, card.model_version, time.perf_counter() - start)
+    return Classifier(model, card, tf)

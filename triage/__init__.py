@@ -1,0 +1,1 @@
+"""Shared core of DermaTriage: settings, schema, sessions, image store, catalogue, risk policy."""

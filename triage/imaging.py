@@ -1,0 +1,181 @@
+"""Reading untrusted image bytes: validate fully, remove metadata, convert to RGB.
+
+The web uses `sanitize` before anything is stored; the worker uses `decode_rgb` on the stored file.
+Both live here so that what the portal accepts is exactly what the worker can read.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+_EXIF_ORIENTATION = 0x0112
+# Pillow's own bomb guard stays on as a second line; our explicit cap below gives the clear message.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class RejectedImage(Exception):
+    """The bytes are not an image we accept; the message is written for a person."""
+
+
+@dataclass(frozen=True)
+class SanitizedImage:
+    data: bytes  # what is stored: metadata removed, orientation applied
+    format: str  # JPEG or PNG
+    width: int
+    height: int
+    source_format: str
+
+
+def sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
+    """Decode the whole image and return a metadata-free copy, or raise RejectedImage."""
+    if not raw:
+        raise RejectedImage("The file is empty.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return _sanitize(raw, max_pixels)
+        except RejectedImage:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise RejectedImage(f"The image is too large to decode safely ({exc}).") from None
+        except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+            raise RejectedImage(f"The file could not be decoded as an image ({type(exc).__name__}: {exc}).") from None
+
+
+def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
+    try:
+        probe = Image.open(io.BytesIO(raw))
+    except Exception:
+        raise RejectedImage("The file is not a readable image; JPEG, PNG and WEBP are accepted.") from None
+    fmt = probe.format
+    if fmt not in ACCEPTED_FORMATS:
+        raise RejectedImage(f"The file is a {fmt} image; only JPEG, PNG and WEBP are accepted.")
+    width, height = probe.size
+    if width * height > max_pixels:
+        raise RejectedImage(f"The image declares {width} x {height} pixels, more than the limit of "
+                            f"{max_pixels:,} pixels.")
+    orientation = _orientation(probe)
+    if fmt == "JPEG" and orientation == 1:
+        # Common case: drop metadata segments without re-encoding, so pixels stay exactly as taken.
+        data = strip_jpeg_metadata(raw)
+        out = Image.open(io.BytesIO(data))
+        out.load()
+        return SanitizedImage(data, "JPEG", out.width, out.height, fmt)
+    probe.load()
+    upright = ImageOps.exif_transpose(probe)  # first frame only for animated files
+    return _reencode(upright, probe, fmt)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # damaged EXIF is dropped anyway; it must not cost the picture
+        return 1
+
+
+def _reencode(image: Image.Image, source: Image.Image, fmt: str) -> SanitizedImage:
+    buf = io.BytesIO()
+    icc = source.info.get("icc_profile")
+    extra = {"icc_profile": icc} if icc else {}
+    if fmt == "JPEG":
+        # Only a rotated JPEG gets here; quality 95 keeps the re-encoding loss negligible.
+        image.save(buf, "JPEG", quality=95, subsampling=0, **extra)
+        out_fmt = "JPEG"
+    else:
+        # PNG and WEBP become lossless PNG: only the pixels (and colour profile) survive.
+        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+            image = image.convert("RGBA" if "A" in image.mode else "RGB")
+        image.save(buf, "PNG", **extra)
+        out_fmt = "PNG"
+    return SanitizedImage(buf.getvalue(), out_fmt, image.width, image.height, fmt)
+
+
+# JPEG markers we keep before the image data: JFIF (APP0), colour profile (APP2 ICC_PROFILE) and
+# Adobe (APP14, which says how CMYK/YCCK is stored). Every other APPn (EXIF, XMP, IPTC, maker
+# notes) and every comment is dropped, as is anything after the end-of-image marker.
+_KEEP_APP = {0xE0, 0xEE}
+
+
+def strip_jpeg_metadata(raw: bytes) -> bytes:
+    if raw[:2] != b"\xff\xd8":
+        raise RejectedImage("The file says it is a JPEG but does not start like one.")
+    out = bytearray(b"\xff\xd8")
+    pos = 2
+    n = len(raw)
+    while pos < n:
+        if raw[pos] != 0xFF:
+            raise RejectedImage("The JPEG structure is damaged.")
+        marker = raw[pos + 1] if pos + 1 < n else 0
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image: everything after it is dropped
+            out += b"\xff\xd9"
+            return bytes(out)
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            out += raw[pos:pos + 2]
+            pos += 2
+            continue
+        if pos + 4 > n:
+            raise RejectedImage("The JPEG file is truncated.")
+        (length,) = struct.unpack(">H", raw[pos + 2:pos + 4])
+        end = pos + 2 + length
+        if length < 2 or end > n:
+            raise RejectedImage("The JPEG file is truncated.")
+        segment = raw[pos:end]
+        if marker == 0xDA:  # start of scan: copy header and entropy-coded data up to the next marker
+            scan_end = _end_of_entropy_data(raw, end)
+            out += raw[pos:scan_end]
+            pos = scan_end
+            continue
+        keep = not (0xE0 <= marker <= 0xEF or marker == 0xFE)
+        keep = keep or marker in _KEEP_APP or (marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00")
+        if keep:
+            out += segment
+        pos = end
+    raise RejectedImage("The JPEG file is truncated (no end-of-image marker).")
+
+
+def _end_of_entropy_data(raw: bytes, pos: int) -> int:
+    """Index of the first marker after entropy-coded data (stuffed 0xFF00 and restarts are data)."""
+    n = len(raw)
+    while True:
+        pos = raw.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= n:
+            raise RejectedImage("The JPEG file is truncated (image data ends early).")
+        nxt = raw[pos + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos += 1 if nxt == 0xFF else 2
+            continue
+        return pos
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Stored bytes -> upright 8-bit RGB array (H, W, 3)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> 8-bit RGB: 16-bit scaled (not clipped), alpha laid on white, CMYK converted."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)

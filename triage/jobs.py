@@ -1,0 +1,54 @@
+"""The one Celery configuration, used by the web (to send jobs) and the worker (to run them).
+
+The web sends jobs by task name so it never imports the worker, and with it TensorFlow.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from celery import Celery
+
+from .settings import Settings
+
+ANALYSE_TASK = "worker.tasks.analyse_image"
+RECONCILE_TASK = "worker.tasks.reconcile"
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
+    app = Celery(name, broker=settings.redis_url)
+    app.conf.update(
+        task_default_queue=settings.queue_name,
+        task_ignore_result=True,  # results live in SQL; Redis is transport only
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(settings.task_time_limit_s - 30, settings.task_time_limit_s // 2),
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        worker_prefetch_multiplier=1,  # the worker gathers batches from SQL, not from prefetched messages
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
+                                   "interval_max": 1},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    if settings.visibility_timeout_s <= settings.task_time_limit_s * 2:
+        raise ValueError("The Redis visibility timeout must be well above the task time limit "
+                         f"({settings.visibility_timeout_s}s vs {settings.task_time_limit_s}s), or running "
+                         "jobs are delivered twice.")
+    return app
+
+
+def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:
+    """Send one job per image. Call only after the rows are committed."""
+    ids = list(image_ids)
+    if not ids:
+        return
+    with app.producer_or_acquire() as producer:
+        for image_id in ids:
+            app.send_task(ANALYSE_TASK, args=[image_id], producer=producer)

@@ -1,0 +1,114 @@
+"""The one risk policy: probabilities (+ quality) -> risk level, triage priority, reasons, advice.
+
+Deterministic and free of I/O so it can be tested as a table. The thresholds in force are
+returned with every assessment and stored with the analysis, so a result can be explained later.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .catalogue import BY_SLUG, MALIGNANT, MALIGNANT_SLUGS, NEEDS_TREATMENT, SEVERITY_RANK
+
+HIGH, MEDIUM, LOW = "high", "medium", "low"
+URGENT, REVIEW, ROUTINE, RESHOOT = "urgent", "review", "routine", "reshoot"
+PRIORITY_ORDER = (URGENT, REVIEW, ROUTINE, RESHOOT)
+RISK_FOR_SEVERITY = {MALIGNANT: HIGH, NEEDS_TREATMENT: MEDIUM}
+
+PRIORITY_ADVICE = {
+    URGENT: "Review today: a possible skin cancer must be seen by a clinician first.",
+    REVIEW: "The model is not confident: a clinician must make the call.",
+    ROUTINE: "Routine review.",
+    RESHOOT: "Retake the photograph; the image was not analysed.",
+}
+
+
+@dataclass(frozen=True)
+class RiskThresholds:
+    malignant_threshold: float = 0.30
+    min_confidence: float = 0.50
+    max_entropy: float = 0.75
+
+    @classmethod
+    def from_settings(cls, settings) -> "RiskThresholds":
+        return cls(settings.malignant_threshold, settings.min_confidence, settings.max_entropy)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    risk_level: str
+    priority: str
+    reasons: list[str]
+    recommendations: list[str]
+    top_class: str
+    confidence: float
+    top3: list[tuple[str, float]]
+    malignant_probability: float
+    entropy: float
+
+
+def normalised_entropy(probabilities: dict[str, float]) -> float:
+    """Shannon entropy divided by its maximum: 0 = certain, 1 = uniform."""
+    values = [p for p in probabilities.values() if p > 0]
+    if len(probabilities) < 2:
+        return 0.0
+    return -sum(p * math.log(p) for p in values) / math.log(len(probabilities))
+
+
+def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
+           quality_marginal: list[str] | tuple[str, ...] = ()) -> Assessment:
+    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
+    top_class, confidence = ranked[0]
+    malignant_p = sum(probabilities.get(s, 0.0) for s in MALIGNANT_SLUGS)
+    entropy = normalised_entropy(probabilities)
+    top_cls = BY_SLUG[top_class]
+    reasons: list[str] = []
+
+    # Risk follows the most severe plausible class, not only the arg-max.
+    risk = RISK_FOR_SEVERITY.get(top_cls.severity, LOW)
+    if top_cls.severity == MALIGNANT:
+        reasons.append(f"Top class {top_cls.display_name} is malignant ({confidence:.0%}).")
+    elif malignant_p >= thresholds.malignant_threshold:
+        risk = HIGH
+        reasons.append(f"Malignant classes together reach {malignant_p:.0%} "
+                       f"(threshold {thresholds.malignant_threshold:.0%}) although "
+                       f"{top_cls.display_name} ranks first.")
+    else:
+        reasons.append(f"Top class {top_cls.display_name} ({confidence:.0%}) is "
+                       f"{'a condition needing treatment' if risk == MEDIUM else 'benign'}; "
+                       f"malignant classes together {malignant_p:.0%}.")
+
+    abstain: list[str] = []
+    if confidence < thresholds.min_confidence:
+        abstain.append(f"Top probability {confidence:.0%} is below {thresholds.min_confidence:.0%}.")
+    if entropy > thresholds.max_entropy:
+        abstain.append(f"Prediction entropy {entropy:.2f} is above {thresholds.max_entropy:.2f}.")
+    for check in quality_marginal:
+        abstain.append(f"Image quality is marginal: {check}.")
+
+    # A possible cancer is always seen first, even when the model is unsure: urgent outranks review.
+    if risk == HIGH:
+        priority = URGENT
+    elif abstain:
+        priority = REVIEW
+    else:
+        priority = ROUTINE
+    reasons.extend(abstain)
+
+    recommendations = [PRIORITY_ADVICE[priority]]
+    plausible = [s for s, p in ranked[:3] if p >= 0.10 or s == top_class]
+    for slug in sorted(plausible, key=lambda s: -SEVERITY_RANK[BY_SLUG[s].severity]):
+        recommendations.append(f"{BY_SLUG[slug].display_name}: {BY_SLUG[slug].recommendation}")
+
+    return Assessment(risk_level=risk, priority=priority, reasons=reasons, recommendations=recommendations,
+                      top_class=top_class, confidence=confidence,
+                      top3=[(s, p) for s, p in ranked[:3]],
+                      malignant_probability=malignant_p, entropy=entropy)
+
+
+def reshoot_assessment(failed_checks: list[str]) -> tuple[str, list[str], list[str]]:
+    """Priority, reasons and advice for an image the quality gate stopped."""
+    return RESHOOT, list(failed_checks), [PRIORITY_ADVICE[RESHOOT]]

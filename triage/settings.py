@@ -1,0 +1,133 @@
+"""One typed settings object, read from the environment, shared by every entry point.
+
+Every variable is documented in the README's configuration table; `describe()` prints the same
+table from these definitions so the two cannot drift apart unnoticed (a test compares them).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-only-change-me"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), validation_alias=_env("DERMATRIAGE_DATA_DIR"),
+                           description="Folder for the default SQLite file, image store and demo model.")
+    database_url: str = Field("", validation_alias=_env("DATABASE_URL"),
+                              description="SQLAlchemy URL; empty means `sqlite:///<data dir>/dermatriage.db`.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"),
+                           description="Celery broker and result transport (never the source of truth).")
+    image_store: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_IMAGE_STORE"),
+                                     description="Content-addressed image folder; empty means `<data dir>/images`.")
+    model_path: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_MODEL_PATH"),
+                                    description="Keras weights file (`.h5` or `.keras`) with its `.card.json` beside it; "
+                                                "empty means the demo model `<data dir>/models/demo_resnet152.keras`.")
+    # --- web -----------------------------------------------------------------------------------
+    secret_key: str = Field(DEFAULT_SECRET_KEY, validation_alias=_env("DERMATRIAGE_SECRET_KEY"),
+                            description="Flask session key; production mode refuses the default.")
+    production: bool = Field(False, validation_alias=_env("DERMATRIAGE_PRODUCTION"),
+                             description="Refuse unsafe defaults (secret key) at start-up.")
+    web_port: int = Field(8000, validation_alias=_env("DERMATRIAGE_WEB_PORT"), description="Port of the portal.")
+    max_file_bytes: int = Field(50 * 1024 * 1024, validation_alias=_env("DERMATRIAGE_MAX_FILE_BYTES"),
+                                description="Largest single image accepted.")
+    max_files_per_request: int = Field(500, validation_alias=_env("DERMATRIAGE_MAX_FILES_PER_REQUEST"),
+                                       description="Most files in one upload request.")
+    max_request_bytes: int = Field(1024 * 1024 * 1024, validation_alias=_env("DERMATRIAGE_MAX_REQUEST_BYTES"),
+                                   description="Largest upload request; over it the request gets a 413.")
+    max_image_pixels: int = Field(50_000_000, validation_alias=_env("DERMATRIAGE_MAX_IMAGE_PIXELS"),
+                                  description="Pixel cap against decompression bombs.")
+    # --- worker and queue --------------------------------------------------------------------
+    queue_name: str = Field("analysis", validation_alias=_env("DERMATRIAGE_QUEUE"),
+                            description="Celery queue that carries analysis jobs.")
+    batch_max_size: int = Field(8, validation_alias=_env("DERMATRIAGE_BATCH_MAX_SIZE"),
+                                description="Largest number of images in one forward pass.")
+    batch_max_wait_ms: int = Field(20, validation_alias=_env("DERMATRIAGE_BATCH_MAX_WAIT_MS"),
+                                   description="Longest wait for a batch to fill before a smaller one runs.")
+    task_time_limit_s: int = Field(300, validation_alias=_env("DERMATRIAGE_TASK_TIME_LIMIT_S"),
+                                   description="Hard time limit of one analysis job (kept well under the visibility timeout).")
+    visibility_timeout_s: int = Field(1200, validation_alias=_env("DERMATRIAGE_VISIBILITY_TIMEOUT_S"),
+                                      description="Redis visibility timeout: an unacknowledged job is redelivered after this.")
+    max_attempts: int = Field(3, validation_alias=_env("DERMATRIAGE_MAX_ATTEMPTS"),
+                              description="Attempts before an image that keeps failing is marked failed.")
+    stale_after_s: int = Field(600, validation_alias=_env("DERMATRIAGE_STALE_AFTER_S"),
+                               description="An image queued or processing longer than this is re-enqueued by the reconciler.")
+    gradcam: bool = Field(True, validation_alias=_env("DERMATRIAGE_GRADCAM"),
+                          description="Compute and store a Grad-CAM heatmap per analysis.")
+    # --- flower ------------------------------------------------------------------------------
+    flower_port: int = Field(5555, validation_alias=_env("DERMATRIAGE_FLOWER_PORT"), description="Port of Flower.")
+    flower_user: str = Field("admin", validation_alias=_env("DERMATRIAGE_FLOWER_USER"),
+                             description="Flower basic-auth user.")
+    flower_password: str = Field("", validation_alias=_env("DERMATRIAGE_FLOWER_PASSWORD"),
+                                 description="Flower basic-auth password; empty makes the run script generate one.")
+    # --- quality gate (calibrated on real dermoscopic photographs, see the README) -------------
+    min_side_px: int = Field(224, validation_alias=_env("DERMATRIAGE_MIN_SIDE_PX"),
+                             description="Shorter side must be at least this many pixels.")
+    min_sharpness: float = Field(40.0, validation_alias=_env("DERMATRIAGE_MIN_SHARPNESS"),
+                                 description="Variance of the Laplacian at the 512-px working size.")
+    min_brightness: float = Field(40.0, validation_alias=_env("DERMATRIAGE_MIN_BRIGHTNESS"),
+                                  description="Lowest mean grey level (0-255).")
+    max_brightness: float = Field(220.0, validation_alias=_env("DERMATRIAGE_MAX_BRIGHTNESS"),
+                                  description="Highest mean grey level (0-255).")
+    min_contrast: float = Field(12.0, validation_alias=_env("DERMATRIAGE_MIN_CONTRAST"),
+                                description="Lowest standard deviation of the grey levels.")
+    max_clipped_dark: float = Field(0.25, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_DARK"),
+                                    description="Largest share of pixels at or below grey 5.")
+    max_clipped_bright: float = Field(0.10, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_BRIGHT"),
+                                      description="Largest share of pixels at or above grey 250.")
+    max_flat_colour_share: float = Field(0.30, validation_alias=_env("DERMATRIAGE_MAX_FLAT_COLOUR_SHARE"),
+                                         description="Largest share of pixels in the 8 commonest exact colours "
+                                                     "(documents, screenshots and blank frames exceed it).")
+    marginal_margin: float = Field(0.15, validation_alias=_env("DERMATRIAGE_MARGINAL_MARGIN"),
+                                   description="A pass this close (relative) to a threshold counts as marginal.")
+    # --- risk policy -------------------------------------------------------------------------
+    malignant_threshold: float = Field(0.30, validation_alias=_env("DERMATRIAGE_MALIGNANT_THRESHOLD"),
+                                       description="Summed melanoma + BCC probability that makes an image high risk.")
+    min_confidence: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MIN_CONFIDENCE"),
+                                  description="Below this top probability the model abstains (priority review).")
+    max_entropy: float = Field(0.75, validation_alias=_env("DERMATRIAGE_MAX_ENTROPY"),
+                               description="Above this normalised entropy the model abstains (priority review).")
+
+    @model_validator(mode="after")
+    def _fill_derived_paths(self) -> "Settings":
+        # Derived defaults are filled in once here so every reader sees the same resolved paths.
+        data_dir = self.data_dir
+        object.__setattr__(self, "image_store", self.image_store or data_dir / "images")
+        object.__setattr__(self, "model_path", self.model_path or data_dir / "models" / "demo_resnet152.keras")
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'dermatriage.db'}")
+        return self
+
+    def check_production(self) -> None:
+        if self.production and self.secret_key == DEFAULT_SECRET_KEY:
+            raise RuntimeError("DERMATRIAGE_PRODUCTION is set but DERMATRIAGE_SECRET_KEY is the default; "
+                               "set a long random secret key.")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def env_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias.choices[0]
+        default = field.default
+        rows.append((alias, "" if default is None else str(default), field.description or ""))
+    return rows
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

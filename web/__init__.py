@@ -1,0 +1,1 @@
+"""The Flask portal: upload, batch pages, JSON API. Never imports TensorFlow."""

@@ -1,0 +1,25 @@
+"""Readiness of what the portal depends on: the database and the broker (with queue depth)."""
+from __future__ import annotations
+
+import redis
+from sqlalchemy import text
+
+from .services import Services
+
+
+def health_report(svc: Services) -> dict:
+    report = {"ok": True, "database": {"ok": True}, "redis": {"ok": True}}
+    try:
+        with svc.db.session() as s:
+            s.execute(text("SELECT 1"))
+    except Exception as exc:
+        report["ok"] = False
+        report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    try:
+        client = redis.Redis.from_url(svc.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client.ping()
+        report["redis"]["queue_depth"] = client.llen(svc.settings.queue_name)
+    except Exception as exc:
+        report["ok"] = False
+        report["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return report

@@ -1,0 +1,151 @@
+"""Pages and the JSON API."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+
+from triage.catalogue import BY_SLUG, DISCLAIMER
+from triage.schema import Analysis, Batch, Image
+
+from .health import health_report
+from .ingest import ingest
+from .presenters import batch_dict, recent_batches
+from .services import services
+
+bp = Blueprint("portal", __name__)
+MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def _new_batch(name: str | None) -> int:
+    name = (name or "").strip()[:200] or datetime.utcnow().strftime("Batch %Y-%m-%d %H:%M:%S")
+    with services().db.session() as s:
+        batch = Batch(name=name)
+        s.add(batch)
+        s.flush()
+        return batch.id
+
+
+def _files_or_error():
+    files = [f for f in request.files.getlist("files") if f.filename or f.content_length]
+    limit = services().settings.max_files_per_request
+    if not files:
+        return None, ("No files were sent: choose one or more images (field name `files`).", 400)
+    if len(files) > limit:
+        return None, (f"Too many files in one request ({len(files)}); the limit is {limit}. "
+                      "Send them in several requests.", 400)
+    return files, None
+
+
+def _upload(batch_id: int | None):
+    files, error = _files_or_error()
+    if error:
+        return None, error
+    if batch_id is None:
+        batch_id = _new_batch(request.form.get("name"))
+    results = [r.as_dict() for r in ingest(services(), batch_id, files)]
+    summary = {status: sum(1 for r in results if r["status"] == status)
+               for status in ("accepted", "duplicate", "rejected")}
+    return {"batch_id": batch_id, "batch_url": f"/batches/{batch_id}", "api_url": f"/api/batches/{batch_id}",
+            "files": results, **summary}, None
+
+
+@bp.get("/")
+def index():
+    with services().db.session() as s:
+        batches = recent_batches(s)
+    return render_template("index.html", batches=batches)
+
+
+@bp.post("/upload")
+def upload_form():
+    body, error = _upload(None)
+    if error:
+        return render_template("index.html", batches=[], error=error[0]), error[1]
+    with services().db.session() as s:
+        batch = batch_dict(s, body["batch_id"])
+    return render_template("batch.html", batch=batch, upload=body)
+
+
+@bp.get("/batches/<int:batch_id>")
+def batch_page(batch_id: int):
+    with services().db.session() as s:
+        batch = batch_dict(s, batch_id)
+    if batch is None:
+        abort(404)
+    return render_template("batch.html", batch=batch, upload=None)
+
+
+@bp.post("/api/batches")
+def api_create_batch():
+    body, error = _upload(None)
+    if error:
+        return jsonify(error=error[0]), error[1]
+    return jsonify(body), 201
+
+
+@bp.post("/api/batches/<int:batch_id>/images")
+def api_add_images(batch_id: int):
+    with services().db.session() as s:
+        if s.get(Batch, batch_id) is None:
+            return jsonify(error=f"Batch {batch_id} does not exist."), 404
+    body, error = _upload(batch_id)
+    if error:
+        return jsonify(error=error[0]), error[1]
+    return jsonify(body), 200
+
+
+@bp.get("/api/batches/<int:batch_id>")
+def api_batch(batch_id: int):
+    with services().db.session() as s:
+        batch = batch_dict(s, batch_id)
+    if batch is None:
+        return jsonify(error=f"Batch {batch_id} does not exist."), 404
+    return jsonify(batch)
+
+
+@bp.get("/api/classes")
+def api_classes():
+    return jsonify(disclaimer=DISCLAIMER, classes=[
+        {"slug": c.slug, "folder": c.folder, "name": c.display_name, "description": c.description,
+         "severity": c.severity, "recommendation": c.recommendation} for c in BY_SLUG.values()])
+
+
+def _stored_file(key: str | None, mimetype: str) -> Response:
+    svc = services()
+    if not key or not svc.store.exists(key):
+        abort(404)
+    response = Response(svc.store.get(key), mimetype=mimetype)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.get("/images/<int:image_id>/file")
+def image_file(image_id: int):
+    with services().db.session() as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            abort(404)
+        key = image.store_key
+        # The stored file is JPEG for JPEG uploads and PNG for everything else.
+        stored_format = "JPEG" if image.format == "JPEG" else "PNG"
+    return _stored_file(key, MIMETYPES[stored_format])
+
+
+@bp.get("/images/<int:image_id>/heatmap")
+def image_heatmap(image_id: int):
+    with services().db.session() as s:
+        key = s.query(Analysis.heatmap_key).filter(Analysis.image_id == image_id) \
+            .order_by(Analysis.id.desc()).limit(1).scalar()
+    return _stored_file(key, "image/png")
+
+
+@bp.get("/health")
+def health():
+    report = health_report(services())
+    return jsonify(report), (200 if report["ok"] else 503)
+
+
+@bp.get("/batches")
+def batches_redirect():
+    return redirect(url_for("portal.index"))

@@ -1,0 +1,1 @@
+"""The Celery worker: queue <-> analysis <-> database. Holds the model for the life of its process."""

@@ -1,0 +1,112 @@
+"""Claiming images for analysis: SQL decides who works on what, so Redis only carries wake-ups.
+
+A job names one image; the worker claims it plus other waiting images to fill a batch. Claims are
+conditional updates in one write transaction, so two workers never take the same image, and the
+attempt counter is committed before the model runs, so a file that keeps killing workers stops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from triage.db import Database
+from triage.schema import Image, ImageStatus, utcnow
+
+WAITING = (ImageStatus.RECEIVED, ImageStatus.QUEUED)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    store_key: str
+    attempts: int
+
+
+def _claimable(now):
+    expired = and_(Image.status == ImageStatus.PROCESSING, Image.lease_expires_at < now)
+    return or_(Image.status.in_(WAITING), expired)
+
+
+def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_attempts: int,
+                node: str) -> tuple[list[Claimed], list[int]]:
+    """Claim `image_id` and up to limit-1 fresh waiting images.
+
+    Returns (claimed, given_up): given_up are images past their attempts, now marked failed.
+    An image being retried is claimed alone so one poisonous file cannot sink a whole batch again.
+    """
+    now = utcnow()
+    with db.session() as s:
+        first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts)
+                                .where(Image.id == image_id, _claimable(now)))).first()
+        if first is None:
+            return [], []
+        rows = [first]
+        if first.attempts == 0 and limit > 1:
+            rows += s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts)
+                                    .where(Image.status.in_(WAITING), Image.attempts == 0, Image.id != image_id)
+                                    .order_by(Image.id).limit(limit - 1))).all()
+        given_up = [r.id for r in rows if r.attempts >= max_attempts]
+        live = [r for r in rows if r.attempts < max_attempts]
+        if given_up:
+            s.execute(update(Image).where(Image.id.in_(given_up)).values(
+                status=ImageStatus.FAILED, lease_expires_at=None, claimed_by=None,
+                error=f"Gave up after {max_attempts} attempts: analysing this image repeatedly crashed "
+                      "or timed out the worker."))
+        if live:
+            s.execute(update(Image).where(Image.id.in_([r.id for r in live])).values(
+                status=ImageStatus.PROCESSING, attempts=Image.attempts + 1, claimed_by=node,
+                lease_expires_at=now + timedelta(seconds=lease_s)))
+        return [Claimed(r.id, r.store_key, r.attempts + 1) for r in live], given_up
+
+
+def _lock(session, stmt):
+    # PostgreSQL: skip rows another worker is claiming right now. SQLite: BEGIN IMMEDIATE already
+    # serialises writers, so plain selects are safe.
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+def release(db: Database, ids: list[int], *, node: str, error: str, max_attempts: int) -> list[int]:
+    """Hand claimed images back after an error: to the queue again, or failed when out of attempts.
+
+    Returns the ids that went back to the queue (the caller re-enqueues them).
+    """
+    if not ids:
+        return []
+    with db.session() as s:
+        mine = and_(Image.id.in_(ids), Image.status == ImageStatus.PROCESSING, Image.claimed_by == node)
+        s.execute(update(Image).where(mine, Image.attempts >= max_attempts).values(
+            status=ImageStatus.FAILED, error=f"Failed after {max_attempts} attempts: {error}",
+            lease_expires_at=None, claimed_by=None))
+        back = s.scalars(select(Image.id).where(mine)).all()
+        s.execute(update(Image).where(Image.id.in_(back)).values(
+            status=ImageStatus.QUEUED, error=error, lease_expires_at=None, claimed_by=None))
+        return list(back)
+
+
+def expire_claims_of(db: Database, node: str) -> None:
+    """A fresh worker process on `node` owns nothing yet: whatever that node held died with it."""
+    with db.session() as s:
+        s.execute(update(Image).where(Image.status == ImageStatus.PROCESSING, Image.claimed_by == node)
+                  .values(lease_expires_at=utcnow()))
+
+
+def stale_images(db: Database, older_than_s: int) -> list[int]:
+    """Images whose job was probably lost: waiting too long, or held under an expired lease."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    with db.session() as s:
+        return list(s.scalars(select(Image.id).where(or_(
+            and_(Image.status.in_(WAITING), Image.updated_at < cutoff),
+            and_(Image.status == ImageStatus.PROCESSING, Image.lease_expires_at < now),
+        )).order_by(Image.id)).all())
+
+
+def touch(db: Database, ids: list[int]) -> None:
+    """Mark re-enqueued images as freshly queued so the reconciler leaves them alone for a while."""
+    with db.session() as s:
+        s.execute(update(Image).where(Image.id.in_(ids), Image.status.in_(WAITING))
+                  .values(status=ImageStatus.QUEUED, updated_at=utcnow()))

@@ -1,0 +1,69 @@
+"""Celery tasks. They take ids, never objects, and are safe to run twice."""
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
+
+from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
+
+from . import claims
+from .app import celery
+from .pipeline import analyse_batch, write_outcomes
+from .runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@signals.worker_process_init.connect
+def _load_model_in_child(**_):
+    # Runs in the prefork child: TensorFlow starts here, after the fork, and the model is loaded
+    # before the first job so no job pays for it.
+    rt = runtime()
+    claims.expire_claims_of(rt.db, rt.node)
+    rt.classifier
+
+
+@signals.worker_ready.connect
+def _reconcile_at_start(**_):
+    reconcile.delay()
+
+
+@celery.task(name=ANALYSE_TASK, bind=True, autoretry_for=(OperationalError,), retry_backoff=1,
+             retry_backoff_max=30, max_retries=20)
+def analyse_image(self, image_id: int) -> dict:
+    """Analyse this image and, to fill the batch, others waiting. A no-op if it is already taken."""
+    rt = runtime()
+    s = rt.settings
+    got, given_up = claims.claim_batch(rt.db, image_id, limit=s.batch_max_size, lease_s=s.task_time_limit_s,
+                                       max_attempts=s.max_attempts, node=rt.node)
+    if not got:
+        return {"image": image_id, "claimed": 0, "failed": given_up}
+    ids = [c.id for c in got]
+    try:
+        classifier = rt.classifier
+        outcomes = analyse_batch(got, classifier, rt.store, rt.quality_thresholds, rt.risk_thresholds,
+                                 rt.explainer)
+        changed = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
+                                 model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict())
+    except (Exception, SoftTimeLimitExceeded) as exc:
+        log.exception("batch %s failed", ids)
+        back = claims.release(rt.db, ids, node=rt.node, error=f"{type(exc).__name__}: {exc}",
+                              max_attempts=s.max_attempts)
+        enqueue_analysis(celery, back)
+        raise
+    return {"image": image_id, "claimed": len(ids), "written": changed, "failed": given_up}
+
+
+@celery.task(name=RECONCILE_TASK)
+def reconcile() -> dict:
+    """Re-enqueue images whose job was lost (broker restart, killed worker). Safe to run anywhere."""
+    rt = runtime()
+    ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
+    if ids:
+        claims.touch(rt.db, ids)
+        enqueue_analysis(celery, ids)
+        log.info("reconciler re-enqueued %d images", len(ids))
+    return {"requeued": len(ids)}

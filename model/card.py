@@ -70,7 +70,12 @@ class ModelCard:
             raise FileNotFoundError(f"No model card at {path}: a weights file must travel with its label "
                                     f"order. For the published reference weights run: "
                                     f"python -m model.card --reference {weights}")
-        return cls(**json.loads(path.read_text()))
+        try:
+            fields = json.loads(path.read_text())
+            return cls(**fields)
+        except (json.JSONDecodeError, TypeError) as exc:
+            # A hand-edited or truncated card: say which file, not "unexpected keyword argument".
+            raise ValueError(f"model card {path} is not valid: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,29 +12,62 @@ OVERLAY_ALPHA = 0.45
 def last_conv_layer(model):
     """The last layer with a spatial (4-D) output: Grad-CAM's usual choice (conv5_block3_out for ResNet)."""
     for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4:
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # a layer never called in this graph has no output
+            continue
+        if not isinstance(output, (list, tuple)) and len(output.shape) == 4:
             return layer
     raise ValueError("the model has no spatial layer to explain")
 
 
+def _softmax_head(model):
+    """The final Dense-with-softmax layer, if the model ends in one, so its logits can be explained."""
+    import keras
+
+    head = model.layers[-1]
+    if isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax:
+        return head
+    return None
+
+
+def _only(tensors):
+    # Keras-2 files load with one-element lists for inputs and outputs.
+    return tensors[0] if isinstance(tensors, (list, tuple)) else tensors
+
+
 class GradCam:
+    """Heatmaps for the top class of each image.
+
+    The score explained is the top class's logit, not its probability (as in the Grad-CAM paper): a
+    confident softmax output is flat in float32, so its gradient, and with it the map, vanishes.
+    """
+
     def __init__(self, classifier):
         import keras
         import tensorflow as tf
 
         model = classifier.model
         layer = last_conv_layer(model)
-        grad_model = keras.Model(model.inputs, [layer.output, model.output])
+        head = _softmax_head(model)
+        # With a softmax head, stop at its input and apply its kernel by hand to get the logits.
+        scored = _only(head.input) if head is not None else _only(model.outputs)
+        grad_model = keras.Model(_only(model.inputs), [layer.output, scored])
         size = classifier.input_size
         self.layer_name = layer.name
+
+        def logits(features):
+            if head is None:
+                return features
+            return tf.matmul(features, head.kernel) + (head.bias if head.use_bias else 0.0)
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], reduce_retracing=True)
         def cams(x):
             with tf.GradientTape() as tape:
-                conv, preds = grad_model(x, training=False)
-                top = tf.argmax(preds, axis=1)
-                score = tf.gather(preds, top, batch_dims=1)
+                conv, features = grad_model(x, training=False)
+                scores = logits(features)
+                top = tf.argmax(scores, axis=1)
+                score = tf.gather(scores, top, batch_dims=1)
             grads = tape.gradient(score, conv)
             weights = tf.reduce_mean(grads, axis=(1, 2))
             cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", conv, weights))

@@ -43,6 +43,9 @@ class Classifier:
         if model.output_shape[-1] != len(self.labels):
             raise ValueError(f"the model has {model.output_shape[-1]} outputs but its card lists "
                              f"{len(self.labels)} labels")
+        if tuple(model.input_shape[1:3]) not in ((size, size), (None, None)):
+            raise ValueError(f"the model takes {model.input_shape[1:3]} images but its card says "
+                             f"{size} x {size}")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         probs = self._forward(self._tf.constant(batch, dtype=self._tf.float32)).numpy().astype(np.float64)
@@ -79,6 +82,18 @@ def load_classifier(weights: Path) -> Classifier:
     import keras
 
     start = time.perf_counter()
-    model = keras.models.load_model(weights, compile=False)
+    model = _single_tensor_io(keras, keras.models.load_model(weights, compile=False))
     log.info("loaded %s (%s) in %.1fs", weights, card.model_version, time.perf_counter() - start)
     return Classifier(model, card, tf)
+
+
+def _single_tensor_io(keras, model):
+    """A Keras-2 `.h5` loads with its input and output wrapped in one-element lists. Calling it with a
+    bare tensor then warns on every trace, and `model.output` is a list, which silently breaks code
+    that builds a sub-model from it (Grad-CAM got all-zero maps). Rewire the same layers with bare
+    tensors; no weights are copied."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return model
+    if not isinstance(model.output, list) and not isinstance(model.input, list):
+        return model
+    return keras.Model(model.inputs[0], model.outputs[0], name=model.name)

@@ -14,6 +14,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+# Pillow names a JPEG that carries extra pictures (phone cameras' multi-picture format) "MPO". Its
+# first picture is an ordinary JPEG; the extra ones sit after its end-of-image marker and are dropped.
+_JPEG_VARIANTS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 # Pillow's own bomb guard stays on as a second line; our explicit cap below gives the clear message.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -51,17 +54,25 @@ def sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
 def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
     try:
         probe = Image.open(io.BytesIO(raw))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow refuses absurd declared sizes while reading the header, before our own cap is reached.
+        raise RejectedImage("The image declares far more pixels than can be decoded safely.") from None
+    except ValueError as exc:
+        if "too large" in str(exc).lower():  # e.g. a PNG text chunk that inflates without bound
+            raise RejectedImage("The file holds an embedded block too large to decode safely.") from None
+        raise RejectedImage("The file is not a readable image; JPEG, PNG and WEBP are accepted.") from None
     except Exception:
         raise RejectedImage("The file is not a readable image; JPEG, PNG and WEBP are accepted.") from None
     fmt = probe.format
-    if fmt not in ACCEPTED_FORMATS:
+    kind = "JPEG" if fmt in _JPEG_VARIANTS else fmt
+    if kind not in ACCEPTED_FORMATS:
         raise RejectedImage(f"The file is a {fmt} image; only JPEG, PNG and WEBP are accepted.")
     width, height = probe.size
     if width * height > max_pixels:
         raise RejectedImage(f"The image declares {width} x {height} pixels, more than the limit of "
                             f"{max_pixels:,} pixels.")
     orientation = _orientation(probe)
-    if fmt == "JPEG" and orientation == 1:
+    if kind == "JPEG" and orientation == 1:
         # Common case: drop metadata segments without re-encoding, so pixels stay exactly as taken.
         data = strip_jpeg_metadata(raw)
         out = Image.open(io.BytesIO(data))
@@ -69,7 +80,7 @@ def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
         return SanitizedImage(data, "JPEG", out.width, out.height, fmt)
     probe.load()
     upright = ImageOps.exif_transpose(probe)  # first frame only for animated files
-    return _reencode(upright, probe, fmt)
+    return _reencode(upright, probe, kind, fmt)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -79,11 +90,15 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _reencode(image: Image.Image, source: Image.Image, fmt: str) -> SanitizedImage:
+def _reencode(image: Image.Image, source: Image.Image, kind: str, fmt: str) -> SanitizedImage:
     buf = io.BytesIO()
     icc = source.info.get("icc_profile")
     extra = {"icc_profile": icc} if icc else {}
-    if fmt == "JPEG":
+    # Encoders fall back on image.info for some fields (the JPEG encoder rewrites the source's COM
+    # comment), so only what the pixels need survives: palette transparency.
+    image = image.copy()
+    image.info = {k: v for k, v in image.info.items() if k == "transparency"}
+    if kind == "JPEG":
         # Only a rotated JPEG gets here; quality 95 keeps the re-encoding loss negligible.
         image.save(buf, "JPEG", quality=95, subsampling=0, **extra)
         out_fmt = "JPEG"
@@ -96,10 +111,12 @@ def _reencode(image: Image.Image, source: Image.Image, fmt: str) -> SanitizedIma
     return SanitizedImage(buf.getvalue(), out_fmt, image.width, image.height, fmt)
 
 
-# JPEG markers we keep before the image data: JFIF (APP0), colour profile (APP2 ICC_PROFILE) and
-# Adobe (APP14, which says how CMYK/YCCK is stored). Every other APPn (EXIF, XMP, IPTC, maker
-# notes) and every comment is dropped, as is anything after the end-of-image marker.
-_KEEP_APP = {0xE0, 0xEE}
+# JPEG application segments we keep before the image data, recognised by marker AND identifier so
+# that a private payload cannot hide in a kept marker number: JFIF (APP0), colour profile (APP2
+# ICC_PROFILE) and Adobe (APP14, which says how CMYK/YCCK is stored). Every other APPn (EXIF, XMP,
+# IPTC, maker notes, JFXX thumbnails) and every comment is dropped, as is anything after the
+# end-of-image marker.
+_KEEP_APP = {0xE0: b"JFIF\x00", 0xE2: b"ICC_PROFILE\x00", 0xEE: b"Adobe"}
 
 
 def strip_jpeg_metadata(raw: bytes) -> bytes:
@@ -134,12 +151,16 @@ def strip_jpeg_metadata(raw: bytes) -> bytes:
             out += raw[pos:scan_end]
             pos = scan_end
             continue
-        keep = not (0xE0 <= marker <= 0xEF or marker == 0xFE)
-        keep = keep or marker in _KEEP_APP or (marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00")
-        if keep:
+        if _keep_segment(marker, segment):
             out += segment
         pos = end
     raise RejectedImage("The JPEG file is truncated (no end-of-image marker).")
+
+
+def _keep_segment(marker: int, segment: bytes) -> bool:
+    if 0xE0 <= marker <= 0xEF:
+        return marker in _KEEP_APP and segment[4:].startswith(_KEEP_APP[marker])
+    return marker != 0xFE  # COM: free text
 
 
 def _end_of_entropy_data(raw: bytes, pos: int) -> int:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
                             description="Flask session key; production mode refuses the default.")
     production: bool = Field(False, validation_alias=_env("DERMATRIAGE_PRODUCTION"),
                              description="Refuse unsafe defaults (secret key) at start-up.")
+    web_host: str = Field("127.0.0.1", validation_alias=_env("DERMATRIAGE_WEB_HOST"),
+                          description="Address the portal listens on (0.0.0.0 to serve other machines).")
     web_port: int = Field(8000, validation_alias=_env("DERMATRIAGE_WEB_PORT"), description="Port of the portal.")
     max_file_bytes: int = Field(50 * 1024 * 1024, validation_alias=_env("DERMATRIAGE_MAX_FILE_BYTES"),
                                 description="Largest single image accepted.")

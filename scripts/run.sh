@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Start the whole system on embedded defaults: web (gunicorn), worker (model in memory) and Flower.
+# Ctrl-C stops everything this script started.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+setup_venv "cpu"
+eval "$("$VENV/bin/python" -m scripts.cli env)"  # resolved settings: REDIS_URL, ports, model path
+ensure_redis "$REDIS_URL"
+"$VENV/bin/python" -m scripts.cli migrate
+"$VENV/bin/python" -m scripts.cli ensure-model
+if [ -z "${DERMATRIAGE_FLOWER_PASSWORD:-}" ]; then
+    DERMATRIAGE_FLOWER_PASSWORD="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))')"
+fi
+mkdir -p var/log
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    say "stopping"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+"$VENV/bin/gunicorn" --workers 2 --threads 4 --bind "$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT" \
+    --timeout 300 "web.wsgi:app" &
+pids+=($!)
+"$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
+    --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO &
+pids+=($!)
+"$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \
+    --basic-auth="$DERMATRIAGE_FLOWER_USER:$DERMATRIAGE_FLOWER_PASSWORD" --logging=warning &
+pids+=($!)
+
+say "portal: http://$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT/"
+say "flower: http://127.0.0.1:$DERMATRIAGE_FLOWER_PORT/ (user $DERMATRIAGE_FLOWER_USER, password $DERMATRIAGE_FLOWER_PASSWORD)"
+say "Ctrl-C stops everything"
+wait -n "${pids[@]}" || true

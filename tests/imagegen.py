@@ -11,30 +11,55 @@ import numpy as np
 from PIL import Image
 
 
+SENSOR_NOISE = 2.0  # grey levels per channel: what a camera leaves after its own denoising
+SCENE_SIDE = 640  # the scene is laid out on this longer side; other sizes scale every length with it
+
+
 def skin_photo(seed: int = 0, width: int = 640, height: int = 480) -> np.ndarray:
-    """A sharp, well-lit RGB 'photograph': skin tone, lighting gradient, pores, a pigmented lesion."""
+    """A sharp, well-lit RGB 'photograph': skin tone, lighting gradient, pores, a pigmented lesion, hairs.
+
+    Lengths are proportional to the image size, so one seed at 640 px and at 4000 px shows the same
+    scene, as a phone and a webcam would. Per-pixel sensor noise comes last: real photographs never
+    have large areas of one exact colour, and the quality gate's screenshot detector relies on that.
+    """
     rng = np.random.RandomState(seed)
-    base = np.array([205, 160, 135], np.float32) + rng.uniform(-25, 25, 3)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    unit = max(width, height) / SCENE_SIDE
+    base = np.array([205, 160, 135], np.float32) + rng.uniform(-25, 25, 3).astype(np.float32)
+    yy, xx = (axis.astype(np.float32) for axis in np.ogrid[0:height, 0:width])
     light = 0.85 + 0.25 * (xx / width) * (0.6 + 0.4 * yy / height)
-    img = base[None, None, :] * light[:, :, None]
-    texture = cv2.GaussianBlur(rng.normal(0, 1, (height, width)).astype(np.float32), (0, 0), 1.2)
-    img += texture[:, :, None] * 14
+    img = base * light[:, :, None]
     cy, cx = height * rng.uniform(0.35, 0.65), width * rng.uniform(0.35, 0.65)
     ry, rx = height * rng.uniform(0.10, 0.22), width * rng.uniform(0.10, 0.22)
     dist = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
     edge = 1 + 0.25 * np.sin(np.arctan2(yy - cy, xx - cx) * rng.randint(3, 8))
     lesion = np.clip(1.5 - dist / edge, 0, 1)[:, :, None]
-    colour = np.array([95, 55, 40], np.float32) + rng.uniform(-20, 20, 3)
-    dots = (rng.rand(height, width) < 0.02).astype(np.float32)[:, :, None] * 40
-    img = img * (1 - lesion) + (colour - dots) * lesion
+    colour = np.array([95, 55, 40], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
+    dots = _at_scene_scale(lambda h, w: (rng.rand(h, w) < 0.02).astype(np.float32), width, height, unit)
+    img = img * (1 - lesion) + (colour - 40 * dots[:, :, None]) * lesion
+    noise = np.random.default_rng(seed)
+    pores = _at_scene_scale(
+        lambda h, w: cv2.GaussianBlur(noise.standard_normal((h, w), np.float32), (0, 0), 1.2), width, height, unit)
+    img += pores[:, :, None] * 14
+    img *= 1 - _hairs(rng, width, height, unit)[:, :, None] * 0.6
+    img += noise.standard_normal((height, width, 3), np.float32) * SENSOR_NOISE
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _at_scene_scale(make, width: int, height: int, unit: float) -> np.ndarray:
+    """make(h, w) at the scene's resolution, enlarged to (height, width): detail keeps its size in the scene."""
+    if unit <= 1:
+        return make(height, width)
+    small = make(max(1, round(height / unit)), max(1, round(width / unit)))
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _hairs(rng: np.random.RandomState, width: int, height: int, unit: float) -> np.ndarray:
     hairs = np.zeros((height, width), np.uint8)
     for _ in range(rng.randint(2, 6)):
         p1 = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
         p2 = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
-        cv2.line(hairs, p1, p2, 255, 1, cv2.LINE_AA)
-    img = img * (1 - hairs[:, :, None] / 255.0 * 0.6)
-    return np.clip(img, 0, 255).astype(np.uint8)
+        cv2.line(hairs, p1, p2, 255, max(1, round(unit)), cv2.LINE_AA)
+    return hairs.astype(np.float32) / 255.0
 
 
 def encode(rgb: np.ndarray, fmt: str = "JPEG", **params) -> bytes:

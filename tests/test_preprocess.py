@@ -1,0 +1,110 @@
+"""Preprocessing must reproduce what the reference model saw in training, without TensorFlow.
+
+The reference training script fed `tf.image.resize(img, (224, 224))` (bilinear, float) into
+`keras.applications.resnet.preprocess_input`; these tests hold our NumPy/OpenCV version to both.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.preprocess import CAFFE_MEAN_BGR, INPUT_SIZE, caffe_normalise, preprocess_rgb, resize_rgb
+from tests.imagegen import skin_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SHAPES = [(480, 640), (2000, 3000), (150, 100), (224, 224), (300, 225)]
+
+
+@pytest.fixture(scope="module")
+def tf():
+    import tensorflow
+
+    return tensorflow
+
+
+def _keras_caffe(resized: np.ndarray) -> np.ndarray:
+    import keras
+
+    # preprocess_input may work in place on float arrays: give it its own copy.
+    return keras.applications.resnet.preprocess_input(np.array(resized, dtype=np.float32))
+
+
+@pytest.mark.parametrize("height, width", SHAPES)
+def test_preprocess_equals_keras_caffe_mode_on_the_resized_image(height, width):
+    rgb = skin_photo(seed=height, width=width, height=height)
+    out = preprocess_rgb(rgb)
+    assert out.shape == (INPUT_SIZE, INPUT_SIZE, 3)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _keras_caffe(resize_rgb(rgb)), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("height, width", SHAPES)
+def test_resize_matches_the_reference_training_resize(tf, height, width):
+    # A Pillow resize would differ here by tens of grey levels on large photos (it antialiases).
+    rgb = skin_photo(seed=width, width=width, height=height)
+    expected = tf.image.resize(tf.constant(rgb), (INPUT_SIZE, INPUT_SIZE)).numpy()
+    np.testing.assert_allclose(resize_rgb(rgb), expected, rtol=0, atol=0.05)
+
+
+def test_whole_pipeline_matches_tensorflow_end_to_end(tf):
+    import keras
+
+    rgb = skin_photo(seed=7)
+    reference = keras.applications.resnet.preprocess_input(tf.image.resize(rgb, (INPUT_SIZE, INPUT_SIZE)))
+    np.testing.assert_allclose(preprocess_rgb(rgb), np.asarray(reference), rtol=0, atol=0.05)
+
+
+def test_caffe_normalise_swaps_to_bgr_and_subtracts_the_imagenet_means():
+    pixel = np.array([[[10, 20, 30]]], np.uint8)
+    expected = np.array([30, 20, 10], np.float32) - CAFFE_MEAN_BGR
+    np.testing.assert_allclose(caffe_normalise(pixel)[0, 0], expected)
+    assert caffe_normalise(pixel).dtype == np.float32
+
+
+def test_non_square_images_are_squashed_not_cropped_or_padded():
+    # Left half red, right half blue, on a wide image: after squashing the boundary stays in the
+    # middle and both colours fill their whole half (no crop loses one, no padding adds black bars).
+    rgb = np.zeros((200, 800, 3), np.uint8)
+    rgb[:, :400] = (255, 0, 0)
+    rgb[:, 400:] = (0, 0, 255)
+    out = resize_rgb(rgb)
+    assert out.shape == (INPUT_SIZE, INPUT_SIZE, 3)
+    half = INPUT_SIZE // 2
+    np.testing.assert_allclose(out[:, : half - 2], np.broadcast_to([255, 0, 0], (INPUT_SIZE, half - 2, 3)))
+    np.testing.assert_allclose(out[:, half + 2:], np.broadcast_to([0, 0, 255], (INPUT_SIZE, half - 2, 3)))
+
+
+def test_tall_image_squash_keeps_its_top_and_bottom_rows():
+    rgb = np.full((900, 300, 3), 128, np.uint8)
+    rgb[:90] = 255  # the top tenth is white
+    out = resize_rgb(rgb)
+    white_rows = int((out[:, :, 0] > 250).all(axis=1).sum())
+    assert abs(white_rows - INPUT_SIZE // 10) <= 1
+
+
+def test_a_square_input_at_the_right_size_is_only_normalised():
+    rgb = skin_photo(seed=3, width=INPUT_SIZE, height=INPUT_SIZE)
+    np.testing.assert_array_equal(preprocess_rgb(rgb), caffe_normalise(rgb))
+
+
+def test_input_is_not_modified():
+    rgb = skin_photo(seed=4)
+    before = rgb.copy()
+    preprocess_rgb(rgb)
+    np.testing.assert_array_equal(rgb, before)
+
+
+def test_other_sizes_are_honoured():
+    assert preprocess_rgb(skin_photo(seed=5), size=96).shape == (96, 96, 3)
+
+
+def test_preprocess_and_quality_never_import_tensorflow():
+    # The web and the quality gate import these; TensorFlow would cost seconds and a GiB there.
+    code = "import model.preprocess, model.quality, sys; assert 'tensorflow' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

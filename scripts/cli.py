@@ -19,6 +19,15 @@ def cmd_env(_args) -> None:
         print(f"export {key}={shlex.quote(str(value))}")
 
 
+def cmd_config_table(_args) -> None:
+    """The README's configuration table, generated from the settings themselves."""
+    from triage.settings import env_table
+
+    print("| variable | default | meaning |\n|---|---|---|")
+    for name, default, meaning in env_table():
+        print(f"| `{name}` | {('`' + default + '`') if default else '(derived)'} | {meaning} |")
+
+
 def cmd_migrate(_args) -> None:
     from triage.migrate import upgrade
 
@@ -68,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("env", cmd_env, "print the resolved settings as shell exports"),
+        ("config-table", cmd_config_table, "print the configuration table in Markdown"),
         ("migrate", cmd_migrate, "upgrade the database to the newest schema"),
         ("ensure-model", cmd_ensure_model, "build the demo model if no model file exists"),
         ("reconcile", cmd_reconcile, "re-enqueue images whose job was lost"),

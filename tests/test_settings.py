@@ -49,7 +49,11 @@ def test_production_refuses_the_default_secret(monkeypatch):
     Settings().check_production()
 
 
-def test_readme_documents_every_variable():
+def test_readme_table_is_the_generated_one(capsys):
+    from scripts.cli import cmd_config_table
+
     readme = (ROOT / "README.md").read_text()
     missing = [name for name, _, _ in env_table() if f"`{name}`" not in readme]
     assert not missing, f"README configuration table lacks {missing}"
+    cmd_config_table(None)
+    assert capsys.readouterr().out.strip() in readme, "run: python -m scripts.update_readme_table"

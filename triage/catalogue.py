@@ -76,7 +76,10 @@ REFERENCE_LABEL_ORDER = tuple(c.slug for c in sorted(CLASSES, key=lambda c: c.fo
 
 
 def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z]+", " ", name.lower()).strip()
+    # Folder names carry a leading index and a trailing image count ("2. Melanoma 15.75k",
+    # "... - 2k"); neither names the class, and a count's "k" must not be left behind as a word.
+    words = re.sub(r"\d+(?:\.\d+)?k?\b", " ", name.lower())
+    return re.sub(r"[^a-z]+", " ", words).strip()
 
 
 def slug_for_folder(name: str) -> str | None:

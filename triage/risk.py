@@ -15,6 +15,10 @@ URGENT, REVIEW, ROUTINE, RESHOOT = "urgent", "review", "routine", "reshoot"
 PRIORITY_ORDER = (URGENT, REVIEW, ROUTINE, RESHOOT)
 RISK_FOR_SEVERITY = {MALIGNANT: HIGH, NEEDS_TREATMENT: MEDIUM}
 
+# Probabilities that sum to a threshold in exact arithmetic can land one rounding step below it
+# (0.05 + 0.12 < 0.17 in floating point); "reaching" a threshold allows for that.
+_ROUNDING = 1e-9
+
 PRIORITY_ADVICE = {
     URGENT: "Review today: a possible skin cancer must be seen by a clinician first.",
     REVIEW: "The model is not confident: a clinician must make the call.",
@@ -55,12 +59,17 @@ def normalised_entropy(probabilities: dict[str, float]) -> float:
     values = [p for p in probabilities.values() if p > 0]
     if len(probabilities) < 2:
         return 0.0
-    return -sum(p * math.log(p) for p in values) / math.log(len(probabilities))
+    # fsum is exactly rounded, so the value (stored, and compared with a threshold) does not depend
+    # on the order the classes arrive in.
+    return -math.fsum(p * math.log(p) for p in values) / math.log(len(probabilities))
 
 
 def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
            quality_marginal: list[str] | tuple[str, ...] = ()) -> Assessment:
-    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
+    # Exact ties go to the more severe class (a melanoma/nevus tie must not read as a mole because
+    # "melanocytic" sorts first), then to the slug, so the result never depends on dict order.
+    ranked = sorted(probabilities.items(),
+                    key=lambda kv: (-kv[1], -SEVERITY_RANK[BY_SLUG[kv[0]].severity], kv[0]))
     top_class, confidence = ranked[0]
     malignant_p = sum(probabilities.get(s, 0.0) for s in MALIGNANT_SLUGS)
     entropy = normalised_entropy(probabilities)
@@ -71,7 +80,7 @@ def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
     risk = RISK_FOR_SEVERITY.get(top_cls.severity, LOW)
     if top_cls.severity == MALIGNANT:
         reasons.append(f"Top class {top_cls.display_name} is malignant ({confidence:.0%}).")
-    elif malignant_p >= thresholds.malignant_threshold:
+    elif malignant_p >= thresholds.malignant_threshold - _ROUNDING:
         risk = HIGH
         reasons.append(f"Malignant classes together reach {malignant_p:.0%} "
                        f"(threshold {thresholds.malignant_threshold:.0%}) although "

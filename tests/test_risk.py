@@ -1,0 +1,172 @@
+"""The risk policy as a table: probabilities (+ quality) -> risk level, priority, reasons, advice."""
+from __future__ import annotations
+
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from triage.catalogue import BY_SLUG, SLUGS
+from triage.risk import (HIGH, LOW, MEDIUM, PRIORITY_ADVICE, RESHOOT, REVIEW, ROUTINE, URGENT, Assessment,
+                         RiskThresholds, assess, normalised_entropy, reshoot_assessment)
+
+DEFAULT = RiskThresholds()  # 0.30 malignant, 0.50 confidence, 0.75 entropy
+
+
+def dist(**given: float) -> dict[str, float]:
+    """Probabilities over all ten slugs: the named ones, the remainder shared evenly by the rest."""
+    unknown = set(given) - set(SLUGS)
+    assert not unknown, unknown
+    rest = [s for s in SLUGS if s not in given]
+    share = (1.0 - sum(given.values())) / len(rest) if rest else 0.0
+    assert share >= 0
+    return {s: given.get(s, share) for s in SLUGS}
+
+
+def row(id_, probabilities, risk, priority, reason, thresholds=DEFAULT, quality=()):
+    return pytest.param(probabilities, thresholds, quality, risk, priority, reason, id=id_)
+
+
+POLICY = [
+    row("confident-melanoma", dist(melanoma=0.90), HIGH, URGENT, "Melanoma is malignant"),
+    row("confident-bcc", dist(bcc=0.85), HIGH, URGENT, "Basal cell carcinoma is malignant"),
+    # The safety net: a mole ranks first, yet melanoma + BCC together reach the threshold.
+    row("nevus-first-malignant-sum-reaches", dist(melanocytic_nevi=0.60, melanoma=0.20, bcc=0.12),
+        HIGH, URGENT, "Malignant classes together reach 32%"),
+    row("nevus-first-malignant-sum-just-below", dist(melanocytic_nevi=0.62, melanoma=0.20, bcc=0.09),
+        LOW, ROUTINE, "malignant classes together 29%"),
+    row("confident-eczema", dist(eczema=0.88), MEDIUM, ROUTINE, "a condition needing treatment"),
+    row("confident-nevus", dist(melanocytic_nevi=0.92), LOW, ROUTINE, "is benign"),
+    row("low-top-probability-abstains",
+        dist(eczema=0.40, psoriasis_lichen_planus=0.30, tinea_fungal=0.30),
+        MEDIUM, REVIEW, "Top probability 40% is below 50%"),
+    # Top class at 50% is confident enough, but the rest is spread so thin the entropy is too high.
+    row("high-entropy-abstains", dist(eczema=0.50), MEDIUM, REVIEW, "Prediction entropy 0.78 is above 0.75"),
+    row("near-uniform-abstains", dist(eczema=0.12), MEDIUM, REVIEW, "Prediction entropy 1.00"),
+    row("marginal-quality-abstains", dist(melanocytic_nevi=0.92), LOW, REVIEW,
+        "Image quality is marginal: brightness", quality=["brightness"]),
+    # Urgent outranks review: a possible cancer is seen first even when the model is unsure.
+    row("high-risk-and-low-confidence-is-urgent", dist(melanoma=0.35, melanocytic_nevi=0.30),
+        HIGH, URGENT, "Top probability 35% is below 50%"),
+    row("high-risk-and-marginal-quality-is-urgent", dist(bcc=0.80), HIGH, URGENT,
+        "Image quality is marginal: blur", quality=("blur",)),
+    row("safety-net-and-abstain-is-urgent", dist(melanocytic_nevi=0.45, melanoma=0.25, bcc=0.10),
+        HIGH, URGENT, "Top probability 45% is below 50%"),
+    # Boundaries: reaching a threshold counts.
+    row("malignant-sum-exactly-at-threshold", dist(melanocytic_nevi=0.55, melanoma=0.15, bcc=0.15),
+        HIGH, URGENT, "reach 30% (threshold 30%)"),
+    # 0.05 + 0.12 is one rounding step below 0.17 in floating point; it still reaches 17%.
+    row("malignant-sum-at-threshold-despite-rounding", dist(melanocytic_nevi=0.75, melanoma=0.05, bcc=0.12),
+        HIGH, URGENT, "threshold 17%", thresholds=RiskThresholds(malignant_threshold=0.17)),
+    row("confidence-exactly-at-minimum-is-confident", dist(eczema=0.50, tinea_fungal=0.50),
+        MEDIUM, ROUTINE, "Eczema (50%)"),
+    # Thresholds are policy: changing them changes the outcome of the same probabilities.
+    row("lower-malignant-threshold-escalates", dist(melanocytic_nevi=0.62, melanoma=0.20, bcc=0.09),
+        HIGH, URGENT, "threshold 25%", thresholds=RiskThresholds(malignant_threshold=0.25)),
+    row("stricter-confidence-abstains", dist(eczema=0.88), MEDIUM, REVIEW, "Top probability 88% is below 95%",
+        thresholds=RiskThresholds(min_confidence=0.95)),
+    row("stricter-entropy-abstains", dist(melanocytic_nevi=0.92), LOW, REVIEW, "is above 0.10",
+        thresholds=RiskThresholds(max_entropy=0.10)),
+    row("looser-thresholds-stop-abstaining", dist(eczema=0.40, psoriasis_lichen_planus=0.30, tinea_fungal=0.30),
+        MEDIUM, ROUTINE, "Eczema (40%)", thresholds=RiskThresholds(min_confidence=0.40)),
+    # An exact tie goes to the more severe class, whatever the slugs' alphabetical order.
+    row("tie-melanoma-nevus-goes-to-melanoma", dist(melanoma=0.45, melanocytic_nevi=0.45),
+        HIGH, URGENT, "Melanoma is malignant (45%)", thresholds=RiskThresholds(malignant_threshold=0.50)),
+]
+
+
+@pytest.mark.parametrize("probabilities, thresholds, quality, risk, priority, reason", POLICY)
+def test_policy_table(probabilities, thresholds, quality, risk, priority, reason):
+    result = assess(probabilities, thresholds, quality)
+    assert (result.risk_level, result.priority) == (risk, priority), result.reasons
+    assert any(reason in r for r in result.reasons), result.reasons
+    # Every outcome leads with the priority advice and names what to do about the top class.
+    assert result.recommendations[0] == PRIORITY_ADVICE[priority]
+    top = BY_SLUG[result.top_class]
+    assert f"{top.display_name}: {top.recommendation}" in result.recommendations[1:]
+
+
+def test_abstain_reasons_are_absent_when_confident():
+    result = assess(dist(eczema=0.88), DEFAULT)
+    assert not any("below" in r or "entropy" in r or "marginal" in r for r in result.reasons)
+
+
+def test_entropy_exactly_at_maximum_is_not_above_it():
+    probabilities = dist(eczema=0.50)
+    entropy = normalised_entropy(probabilities)
+    at_limit = RiskThresholds(max_entropy=entropy)
+    assert assess(probabilities, at_limit).priority == ROUTINE
+    just_under = RiskThresholds(max_entropy=entropy - 1e-6)
+    assert assess(probabilities, just_under).priority == REVIEW
+
+
+def test_confidence_just_below_minimum_abstains():
+    result = assess(dist(eczema=0.499, tinea_fungal=0.4), DEFAULT)
+    assert result.priority == REVIEW
+
+
+def test_same_input_gives_equal_assessment():
+    probabilities = dist(melanocytic_nevi=0.60, melanoma=0.20, bcc=0.12)
+    first = assess(probabilities, DEFAULT, ["brightness"])
+    second = assess(dict(probabilities), DEFAULT, ["brightness"])
+    assert isinstance(first, Assessment) and first == second
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dict_order_does_not_change_the_result(seed):
+    probabilities = dist(eczema=0.3, tinea_fungal=0.3, psoriasis_lichen_planus=0.3)  # a three-way tie
+    items = list(probabilities.items())
+    random.Random(seed).shuffle(items)
+    assert assess(dict(items), DEFAULT) == assess(probabilities, DEFAULT)
+
+
+def test_tie_between_equal_severities_goes_to_the_first_slug():
+    result = assess(dist(tinea_fungal=0.3, eczema=0.3, psoriasis_lichen_planus=0.3), DEFAULT)
+    assert result.top_class == "eczema"
+    assert [s for s, _ in result.top3] == ["eczema", "psoriasis_lichen_planus", "tinea_fungal"]
+
+
+def test_assessment_reports_the_numbers_it_used():
+    probabilities = dist(melanocytic_nevi=0.60, melanoma=0.20, bcc=0.12)
+    result = assess(probabilities, DEFAULT)
+    assert result.top_class == "melanocytic_nevi" and result.confidence == 0.60
+    assert result.top3 == [("melanocytic_nevi", 0.60), ("melanoma", 0.20), ("bcc", 0.12)]
+    assert result.malignant_probability == pytest.approx(0.32)
+    assert result.entropy == pytest.approx(normalised_entropy(probabilities))
+
+
+def test_recommendations_put_the_most_severe_plausible_class_first():
+    result = assess(dist(melanocytic_nevi=0.60, melanoma=0.20, bcc=0.12), DEFAULT)
+    names = [r.split(":")[0] for r in result.recommendations[1:]]
+    assert names == ["Melanoma", "Basal cell carcinoma", "Melanocytic nevus"]
+
+
+def test_recommendations_skip_implausible_runners_up():
+    # Second and third place under 10% are not worth advice; the top class always is.
+    result = assess(dist(eczema=0.88), DEFAULT)
+    assert result.recommendations == [PRIORITY_ADVICE[ROUTINE],
+                                      f"Eczema: {BY_SLUG['eczema'].recommendation}"]
+
+
+def test_reshoot_assessment():
+    failed = ["blur: Laplacian variance 12 < 100", "too dark"]
+    priority, reasons, advice = reshoot_assessment(failed)
+    assert priority == RESHOOT
+    assert reasons == failed and reasons is not failed  # a copy: the caller's list stays its own
+    assert advice == [PRIORITY_ADVICE[RESHOOT]]
+
+
+def test_normalised_entropy_extremes():
+    uniform = {s: 0.1 for s in SLUGS}
+    one_hot = {s: (1.0 if s == "eczema" else 0.0) for s in SLUGS}
+    assert normalised_entropy(uniform) == pytest.approx(1.0)
+    assert normalised_entropy(one_hot) == 0.0
+    two_way = dist(eczema=0.5, bcc=0.5)
+    assert normalised_entropy(two_way) == pytest.approx(math.log(2) / math.log(10))
+
+
+def test_thresholds_come_from_settings():
+    settings = SimpleNamespace(malignant_threshold=0.2, min_confidence=0.6, max_entropy=0.7)
+    thresholds = RiskThresholds.from_settings(settings)
+    assert thresholds.as_dict() == {"malignant_threshold": 0.2, "min_confidence": 0.6, "max_entropy": 0.7}

@@ -111,3 +111,12 @@ def test_the_reconciler_finds_waiting_images_only_after_the_deadline(db):
     claims.touch(db, [ids[0]])
     state = rows(db)
     assert state[ids[0]].status == ImageStatus.QUEUED and claims.stale_images(db, older_than_s=60) == []
+
+
+def test_perceptual_hash_nearest_prefers_the_closest_then_the_oldest():
+    from triage.phash import hamming, nearest
+
+    assert hamming("0" * 16, "f" + "0" * 15) == 4
+    candidates = [(5, "000000000000000f"), (3, "00000000000000ff"), (4, "000000000000000f")]
+    assert nearest("0000000000000000", candidates, max_distance=8) == 4
+    assert nearest("0000000000000000", candidates, max_distance=3) is None

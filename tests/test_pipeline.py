@@ -108,3 +108,20 @@ def test_real_resnet152_architecture_end_to_end(make_stack, sqlite_url, tmp_path
     assert {a.model_version for a in rows} == {card.model_version}
     assert all(a.heatmap_key for a in rows)
     assert all(abs(sum(a.probabilities.values()) - 1) < 1e-5 for a in rows)
+
+
+def test_near_duplicates_are_flagged_across_batches(sqlite_stack):
+    stack = sqlite_stack
+    photo = imagegen.skin_photo(21, 800, 600)
+    first = stack.upload([(imagegen.encode(photo), "visit1.jpg")]).get_json()
+    smaller_copy = imagegen.encode(imagegen.shrunk(photo, 640), "JPEG", quality=70)
+    second = stack.upload([(smaller_copy, "visit2.jpg"), (imagegen.jpeg(22), "other.jpg")]).get_json()
+    stack.start_worker()
+    stack.wait_final()
+    original = first["files"][0]["image_id"]
+    api = stack.client.get(f"/api/batches/{second['batch_id']}").get_json()
+    copy, other = api["images"]
+    assert copy["near_duplicate_of"] == original
+    assert other["near_duplicate_of"] is None
+    page = stack.client.get(f"/batches/{second['batch_id']}").get_data(as_text=True)
+    assert f"Near-duplicate of image #{original}" in page

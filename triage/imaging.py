@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .phash import perceptual_hash
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 # Pillow names a JPEG that carries extra pictures (phone cameras' multi-picture format) "MPO". Its
 # first picture is an ordinary JPEG; the extra ones sit after its end-of-image marker and are dropped.
@@ -33,6 +35,7 @@ class SanitizedImage:
     width: int
     height: int
     source_format: str
+    phash: str  # perceptual hash of the stored pixels, for near-duplicate flags
 
 
 def sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
@@ -77,7 +80,7 @@ def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
         data = strip_jpeg_metadata(raw)
         out = Image.open(io.BytesIO(data))
         out.load()
-        return SanitizedImage(data, "JPEG", out.width, out.height, fmt)
+        return SanitizedImage(data, "JPEG", out.width, out.height, fmt, _phash(out))
     probe.load()
     upright = ImageOps.exif_transpose(probe)  # first frame only for animated files
     return _reencode(upright, probe, kind, fmt)
@@ -88,6 +91,11 @@ def _orientation(image: Image.Image) -> int:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # damaged EXIF is dropped anyway; it must not cost the picture
         return 1
+
+
+def _phash(image: Image.Image) -> str:
+    # 16-bit and float modes would clip in Pillow's own grey conversion; scale them first.
+    return perceptual_hash(to_rgb(image) if image.mode.startswith(("I", "F")) else image)
 
 
 def _reencode(image: Image.Image, source: Image.Image, kind: str, fmt: str) -> SanitizedImage:
@@ -108,7 +116,7 @@ def _reencode(image: Image.Image, source: Image.Image, kind: str, fmt: str) -> S
             image = image.convert("RGBA" if "A" in image.mode else "RGB")
         image.save(buf, "PNG", **extra)
         out_fmt = "PNG"
-    return SanitizedImage(buf.getvalue(), out_fmt, image.width, image.height, fmt)
+    return SanitizedImage(buf.getvalue(), out_fmt, image.width, image.height, fmt, _phash(image))
 
 
 # JPEG application segments we keep before the image data, recognised by marker AND identifier so

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     database_url: str = Field("", validation_alias=_env("DATABASE_URL"),
                               description="SQLAlchemy URL; empty means `sqlite:///<data dir>/dermatriage.db`.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"),
-                           description="Celery broker and result transport (never the source of truth).")
+                           description="Celery broker: transport only, never the source of truth.")
     image_store: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_IMAGE_STORE"),
                                      description="Content-addressed image folder; empty means `<data dir>/images`.")
     model_path: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_MODEL_PATH"),
@@ -54,8 +54,6 @@ class Settings(BaseSettings):
                             description="Celery queue that carries analysis jobs.")
     batch_max_size: int = Field(8, validation_alias=_env("DERMATRIAGE_BATCH_MAX_SIZE"),
                                 description="Largest number of images in one forward pass.")
-    batch_max_wait_ms: int = Field(20, validation_alias=_env("DERMATRIAGE_BATCH_MAX_WAIT_MS"),
-                                   description="Longest wait for a batch to fill before a smaller one runs.")
     task_time_limit_s: int = Field(300, validation_alias=_env("DERMATRIAGE_TASK_TIME_LIMIT_S"),
                                    description="Hard time limit of one analysis job (kept well under the visibility timeout).")
     visibility_timeout_s: int = Field(1200, validation_alias=_env("DERMATRIAGE_VISIBILITY_TIMEOUT_S"),
@@ -66,30 +64,43 @@ class Settings(BaseSettings):
                                description="An image queued or processing longer than this is re-enqueued by the reconciler.")
     gradcam: bool = Field(True, validation_alias=_env("DERMATRIAGE_GRADCAM"),
                           description="Compute and store a Grad-CAM heatmap per analysis.")
+    near_duplicate_distance: int = Field(8, validation_alias=_env("DERMATRIAGE_NEAR_DUPLICATE_DISTANCE"),
+                                         description="Perceptual-hash bits (of 64) within which two images are "
+                                                     "flagged as near-duplicates.")
     # --- flower ------------------------------------------------------------------------------
     flower_port: int = Field(5555, validation_alias=_env("DERMATRIAGE_FLOWER_PORT"), description="Port of Flower.")
     flower_user: str = Field("admin", validation_alias=_env("DERMATRIAGE_FLOWER_USER"),
                              description="Flower basic-auth user.")
     flower_password: str = Field("", validation_alias=_env("DERMATRIAGE_FLOWER_PASSWORD"),
                                  description="Flower basic-auth password; empty makes the run script generate one.")
-    # --- quality gate (calibrated on real dermoscopic photographs, see the README) -------------
+    # --- quality gate (calibrated on real dermoscopic photographs: scripts/quality_report.py) -------
     min_side_px: int = Field(224, validation_alias=_env("DERMATRIAGE_MIN_SIDE_PX"),
                              description="Shorter side must be at least this many pixels.")
-    min_sharpness: float = Field(40.0, validation_alias=_env("DERMATRIAGE_MIN_SHARPNESS"),
-                                 description="Variance of the Laplacian at the 512-px working size.")
+    min_sharpness: float = Field(6.0, validation_alias=_env("DERMATRIAGE_MIN_SHARPNESS"),
+                                 description="Lowest variance of the Laplacian, measured with the longer side "
+                                             "at 512 px (sharp dermoscopic photos: 18 and up; blurred: under 5).")
     min_brightness: float = Field(40.0, validation_alias=_env("DERMATRIAGE_MIN_BRIGHTNESS"),
-                                  description="Lowest mean grey level (0-255).")
-    max_brightness: float = Field(220.0, validation_alias=_env("DERMATRIAGE_MAX_BRIGHTNESS"),
+                                  description="Lowest mean grey level (0-255); low enough for deeply pigmented skin.")
+    max_brightness: float = Field(230.0, validation_alias=_env("DERMATRIAGE_MAX_BRIGHTNESS"),
                                   description="Highest mean grey level (0-255).")
-    min_contrast: float = Field(12.0, validation_alias=_env("DERMATRIAGE_MIN_CONTRAST"),
-                                description="Lowest standard deviation of the grey levels.")
-    max_clipped_dark: float = Field(0.25, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_DARK"),
-                                    description="Largest share of pixels at or below grey 5.")
+    min_contrast: float = Field(4.0, validation_alias=_env("DERMATRIAGE_MIN_CONTRAST"),
+                                description="Lowest standard deviation of the grey levels inside the picture "
+                                            "(blank and washed-out frames fall below it).")
+    max_clipped_dark: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_DARK"),
+                                    description="Largest share of pixels at or below grey 5 (a dermatoscope's "
+                                                "black surround alone can cover 40% of a 4:3 frame).")
     max_clipped_bright: float = Field(0.10, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_BRIGHT"),
                                       description="Largest share of pixels at or above grey 250.")
-    max_flat_colour_share: float = Field(0.30, validation_alias=_env("DERMATRIAGE_MAX_FLAT_COLOUR_SHARE"),
-                                         description="Largest share of pixels in the 8 commonest exact colours "
-                                                     "(documents, screenshots and blank frames exceed it).")
+    max_flat_colour_share: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MAX_FLAT_COLOUR_SHARE"),
+                                         description="Largest share of pixels in the 8 commonest exact colours, "
+                                                     "black left out (documents, screenshots and blank frames "
+                                                     "exceed it).")
+    max_colourless_share: float = Field(0.60, validation_alias=_env("DERMATRIAGE_MAX_COLOURLESS_SHARE"),
+                                        description="Largest share of grey or white pixels (saturation under 8%); "
+                                                    "skin of every tone has colour, documents do not.")
+    max_text_edge_share: float = Field(0.04, validation_alias=_env("DERMATRIAGE_MAX_TEXT_EDGE_SHARE"),
+                                       description="Largest share of pixels on a jump of more than 64 grey levels "
+                                                   "between neighbours, as at printed text.")
     marginal_margin: float = Field(0.15, validation_alias=_env("DERMATRIAGE_MARGINAL_MARGIN"),
                                    description="A pass this close (relative) to a threshold counts as marginal.")
     # --- risk policy -------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def _ingest_one(svc: Services, s, batch_id: int, upload: FileStorage, created_ke
     if created:
         created_keys.append(key)
     image = Image(batch_id=batch_id, display_name=name, sha256=digest, store_key=key, size_bytes=len(raw),
-                  width=clean.width, height=clean.height, format=clean.source_format,
+                  width=clean.width, height=clean.height, format=clean.source_format, phash=clean.phash,
                   status=ImageStatus.RECEIVED)
     try:
         with s.begin_nested():  # a concurrent upload of the same file loses only this file

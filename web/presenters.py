@@ -22,6 +22,8 @@ def image_dict(image: Image) -> dict:
         "sha256": image.sha256,
         "size_bytes": image.size_bytes,
         "file_url": f"/images/{image.id}/file",
+        "phash": image.phash,
+        "near_duplicate_of": image.near_duplicate_of_id,
         "analysis": None,
     }
     if analysis is not None:

@@ -6,13 +6,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from model.preprocess import preprocess_rgb
 from model.quality import QualityThresholds, assess_quality
 from triage.db import Database
 from triage.imaging import decode_rgb
+from triage.phash import nearest
 from triage.risk import RiskThresholds, assess, reshoot_assessment
 from triage.schema import Analysis, Image, ImageStatus
 from triage.store import ImageStore
@@ -91,7 +92,7 @@ def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality
 
 
 def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, node: str, model_version: str,
-                   model_trained: bool, thresholds: dict) -> int:
+                   model_trained: bool, thresholds: dict, near_duplicate_distance: int) -> int:
     """Write every result of a forward pass in one transaction; returns how many images changed.
 
     Idempotent: an analysis is inserted only if none exists for (image, model version), and a status
@@ -117,4 +118,19 @@ def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, 
                 image_id=out.image_id, model_version=model_version, model_trained=model_trained,
                 thresholds=thresholds, timings=out.timings, **values,
             ).on_conflict_do_nothing(index_elements=["image_id", "model_version"]))
+        flag_near_duplicates(s, [o.image_id for o in outcomes], near_duplicate_distance)
     return changed
+
+
+def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> None:
+    """Point each image at the earliest-closest other image whose perceptual hash is within reach.
+
+    A linear scan of the hashes: cheap next to a forward pass up to a few hundred thousand images.
+    """
+    known = session.execute(select(Image.id, Image.phash).where(Image.phash.is_not(None))).all()
+    wanted = set(image_ids)
+    mine = {i: h for i, h in known if i in wanted}
+    for image_id, phash in mine.items():
+        match = nearest(phash, [(i, h) for i, h in known if i != image_id], max_distance)
+        if match is not None:
+            session.execute(update(Image).where(Image.id == image_id).values(near_duplicate_of_id=match))

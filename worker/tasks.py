@@ -47,7 +47,8 @@ def analyse_image(self, image_id: int) -> dict:
         outcomes = analyse_batch(got, classifier, rt.store, rt.quality_thresholds, rt.risk_thresholds,
                                  rt.explainer)
         changed = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
-                                 model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict())
+                                 model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
+                                 near_duplicate_distance=s.near_duplicate_distance)
     except (Exception, SoftTimeLimitExceeded) as exc:
         log.exception("batch %s failed", ids)
         back = claims.release(rt.db, ids, node=rt.node, error=f"{type(exc).__name__}: {exc}",

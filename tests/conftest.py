@@ -82,8 +82,9 @@ class Stack:
         self.app = create_app(self.settings)
         self.client = self.app.test_client()
 
-    def start_worker(self, name: str | None = None, **start) -> Worker:
-        worker = Worker(self.settings, self.tmp, name)
+    def start_worker(self, name: str | None = None, beat: bool = False, env: dict | None = None,
+                     **start) -> Worker:
+        worker = Worker(self.settings, self.tmp, name, beat=beat, env=env)
         self.workers.append(worker)
         return worker.start(**start)
 

@@ -92,30 +92,46 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 class Worker:
     """A real Celery worker process (prefork, one child holding the model)."""
 
-    def __init__(self, settings: Settings, logdir: Path, name: str | None = None):
+    def __init__(self, settings: Settings, logdir: Path, name: str | None = None, beat: bool = False,
+                 env: dict[str, str] | None = None):
         self.settings = settings
         self.name = name or f"w{uuid.uuid4().hex[:8]}"
         self.log = logdir / f"worker-{self.name}.log"
+        self.beat = beat
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_model: bool = True, timeout: float = 120) -> "Worker":
         cmd = [str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "--pool", "prefork", "--concurrency", "1",
                "-Q", self.settings.queue_name, "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip",
                "--loglevel", "INFO"]
-        env = child_env(self.settings, DERMATRIAGE_WORKER_NAME=self.name)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.log, "wb"),
+        if self.beat:
+            cmd += ["--beat", "--schedule", str(self.log.with_suffix(".beat"))]
+        env = child_env(self.settings, DERMATRIAGE_WORKER_NAME=self.name, **self.extra_env)
+        since = len(self.output())  # a restarted worker appends to the same log
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         marker = "ready (warm-up" if wait_model else " ready."
-        wait_until(lambda: self._alive_and(marker), timeout, 0.3, f"worker {self.name} ({self.log})")
+        wait_until(lambda: self._alive_and(marker, since), timeout, 0.3, f"worker {self.name} ({self.log})")
         return self
 
-    def _alive_and(self, marker: str) -> bool:
+    def _alive_and(self, marker: str, since: int) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-        return marker in self.output()
+        return marker in self.output()[since:]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def child_pids(self) -> list[int]:
+        """The prefork children (the processes that hold the model and run jobs)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, parent and child, as a machine crash would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -53,6 +53,14 @@ class ImageStore:
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def files(self):
+        """(key or temporary name, path) for everything under the store, including unfinished writes."""
+        if not self.root.exists():
+            return
+        for path in self.root.glob("??/??/*"):
+            if path.is_file():
+                yield path.name, path
+
     def delete(self, key: str) -> None:
         """Remove a file no row refers to (used only to undo a store whose row was never committed)."""
         try:

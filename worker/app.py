@@ -12,5 +12,5 @@ settings = get_settings()
 celery = make_celery(settings, "dermatriage-worker")
 celery.conf.include = ["worker.tasks"]
 celery.conf.beat_schedule = {
-    "reconcile": {"task": "worker.tasks.reconcile", "schedule": max(30, settings.stale_after_s // 4)},
+    "reconcile": {"task": "worker.tasks.reconcile", "schedule": settings.reconcile_every_s},
 }

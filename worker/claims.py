@@ -24,8 +24,11 @@ class Claimed:
     attempts: int
 
 
-def _claimable(now):
-    expired = and_(Image.status == ImageStatus.PROCESSING, Image.lease_expires_at < now)
+def _claimable(now, node: str):
+    # A node runs one job at a time, so an image it still holds when a new job starts was left by a
+    # job that died (database outage, crash): it may take it back without waiting for the lease.
+    expired = and_(Image.status == ImageStatus.PROCESSING,
+                   or_(Image.lease_expires_at < now, Image.claimed_by == node))
     return or_(Image.status.in_(WAITING), expired)
 
 
@@ -39,7 +42,7 @@ def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_at
     now = utcnow()
     with db.session() as s:
         first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts)
-                                .where(Image.id == image_id, _claimable(now)))).first()
+                                .where(Image.id == image_id, _claimable(now, node)))).first()
         if first is None:
             return [], []
         rows = [first]
@@ -87,11 +90,17 @@ def release(db: Database, ids: list[int], *, node: str, error: str, max_attempts
         return list(back)
 
 
-def expire_claims_of(db: Database, node: str) -> None:
-    """A fresh worker process on `node` owns nothing yet: whatever that node held died with it."""
+def expire_claims_of(db: Database, node: str) -> list[int]:
+    """A fresh worker process on `node` owns nothing yet: whatever that node held died with it.
+
+    Returns the ids released, for the caller to re-enqueue (their jobs were acknowledged as no-ops
+    while the dead process held them, so no message is left to bring them back).
+    """
     with db.session() as s:
-        s.execute(update(Image).where(Image.status == ImageStatus.PROCESSING, Image.claimed_by == node)
-                  .values(lease_expires_at=utcnow()))
+        held = Image.status == ImageStatus.PROCESSING, Image.claimed_by == node
+        ids = list(s.scalars(select(Image.id).where(*held)))
+        s.execute(update(Image).where(*held).values(lease_expires_at=utcnow()))
+        return ids
 
 
 def stale_images(db: Database, older_than_s: int) -> list[int]:

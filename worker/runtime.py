@@ -26,7 +26,9 @@ class Runtime:
         self.store = ImageStore(settings.image_store)
         self.quality_thresholds = QualityThresholds.from_settings(settings)
         self.risk_thresholds = RiskThresholds.from_settings(settings)
-        self.node = os.environ.get("DERMATRIAGE_WORKER_NAME") or f"{socket.gethostname()}"
+        # The claim owner: one per worker (its prefork parent), stable across child restarts. Set
+        # DERMATRIAGE_WORKER_NAME to keep it stable across whole-worker restarts too.
+        self.node = os.environ.get("DERMATRIAGE_WORKER_NAME") or f"{socket.gethostname()}-{os.getppid()}"
 
     @cached_property
     def classifier(self):

@@ -11,6 +11,7 @@ from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
 
 from . import claims
 from .app import celery
+from .orphans import sweep_orphans
 from .pipeline import analyse_batch, write_outcomes
 from .runtime import runtime
 
@@ -22,8 +23,11 @@ def _load_model_in_child(**_):
     # Runs in the prefork child: TensorFlow starts here, after the fork, and the model is loaded
     # before the first job so no job pays for it.
     rt = runtime()
-    claims.expire_claims_of(rt.db, rt.node)
     rt.classifier
+    orphaned = claims.expire_claims_of(rt.db, rt.node)
+    if orphaned:
+        log.warning("re-enqueueing %d images held by this node's previous process", len(orphaned))
+        enqueue_analysis(celery, orphaned)
 
 
 @signals.worker_ready.connect
@@ -67,4 +71,5 @@ def reconcile() -> dict:
         claims.touch(rt.db, ids)
         enqueue_analysis(celery, ids)
         log.info("reconciler re-enqueued %d images", len(ids))
-    return {"requeued": len(ids)}
+    removed = sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
+    return {"requeued": len(ids), "orphans_removed": removed}

@@ -1,0 +1,100 @@
+"""Fault injection into real processes: a TCP proxy that can cut the database off, a decoder crash."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from tests.support import free_port
+
+POISON_SIDE = 333  # a decoded image of exactly 333 x 333 pixels crashes the worker (see below)
+
+_CRASHING_DECODER = f'''
+# Loaded by Python at start-up in a test's worker process only: the decoder aborts the process
+# (as a segfaulting codec would) on one recognisable image.
+import os
+import triage.imaging as imaging
+
+_decode = imaging.decode_rgb
+
+
+def decode_rgb(data):
+    rgb = _decode(data)
+    if rgb.shape[:2] == ({POISON_SIDE}, {POISON_SIDE}):
+        os.abort()
+    return rgb
+
+
+imaging.decode_rgb = decode_rgb
+'''
+
+
+def crashing_decoder_path(tmp: Path) -> Path:
+    """A folder to put first on a worker's PYTHONPATH so its decoder crashes on poison images."""
+    folder = tmp / "crashing-decoder"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_CRASHING_DECODER)
+    return folder
+
+
+class TcpProxy:
+    """Forwards a local port to a server; `cut()` drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> "TcpProxy":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        if self._listener:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -1,0 +1,143 @@
+"""Faults injected into real processes: every accepted image ends analysed, needing a reshoot, or failed
+with a reason, exactly once. Real Redis, real worker processes, real databases; loopback only."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests import imagegen
+from tests.faults import POISON_SIDE, TcpProxy, crashing_decoder_path
+from tests.support import RedisServer, Worker, wait_until
+from triage.schema import ImageStatus
+
+pytestmark = pytest.mark.slow
+
+# Recovery within seconds instead of minutes, so the tests stay short.
+FAST = dict(task_time_limit_s=20, visibility_timeout_s=60, stale_after_s=5, reconcile_every_s=2, gradcam=False)
+
+
+def small_photos(n: int, start: int = 0) -> list[tuple[bytes, str]]:
+    return [(imagegen.jpeg(start + i, 320, 240), f"img-{start + i:05d}.jpg") for i in range(n)]
+
+
+def upload_in_requests(stack, files, per_request: int = 50, client=None) -> list[int]:
+    ids = []
+    for i in range(0, len(files), per_request):
+        body = stack.upload(files[i:i + per_request], client=client).get_json()
+        assert body["accepted"] == len(files[i:i + per_request]), body
+        ids += [f["image_id"] for f in body["files"]]
+    return ids
+
+
+def analysed_count(stack) -> int:
+    return len(stack.analysis_counts())
+
+
+def assert_exactly_once(stack, ids, expect=ImageStatus.ANALYSED):
+    statuses = stack.wait_final(timeout=240)
+    assert set(statuses) == set(ids)
+    assert {s for s in statuses.values()} == {expect}, {i: s for i, s in statuses.items() if s != expect}
+    counts = stack.analysis_counts()
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def test_sigkill_mid_batch_loses_nothing(make_stack, sqlite_url):
+    stack = make_stack(sqlite_url, **FAST)
+    ids = upload_in_requests(stack, small_photos(240))
+    worker = stack.start_worker(name="crashy", beat=True)
+    kills = 0
+    for _ in range(3):  # kill the process holding the model mid-batch; its parent starts another
+        target = analysed_count(stack) + 15
+        wait_until(lambda: analysed_count(stack) >= target, 120, 0.05, "progress before the next kill")
+        for pid in worker.child_pids():
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+    wait_until(lambda: analysed_count(stack) >= 100, 120, 0.1, "progress before killing the whole worker")
+    worker.kill()  # parent and child at once, as a machine crash would
+    kills += 1
+    worker.start()
+    assert_exactly_once(stack, ids)
+    assert kills >= 4
+
+
+def test_poison_image_fails_alone_after_capped_attempts(make_stack, sqlite_url, tmp_path):
+    stack = make_stack(sqlite_url, **FAST)
+    poison = imagegen.encode(imagegen.skin_photo(99, POISON_SIDE, POISON_SIDE))
+    body = stack.upload(small_photos(6) + [(poison, "poison.jpg")]).get_json()
+    worker = stack.start_worker(env={"PYTHONPATH": f"{crashing_decoder_path(tmp_path)}:{os.getcwd()}"})
+    statuses = stack.wait_final(body["batch_id"], timeout=240)
+    poison_id = body["files"][-1]["image_id"]
+    assert statuses.pop(poison_id) == ImageStatus.FAILED
+    assert set(statuses.values()) == {ImageStatus.ANALYSED}
+    api = stack.client.get(f"/api/batches/{body['batch_id']}").get_json()
+    failed = next(i for i in api["images"] if i["id"] == poison_id)
+    assert "Gave up after 3 attempts" in failed["error"] and failed["attempts"] == 3
+    assert worker.output().count("exited with signal SIGABRT") + worker.output().count("signal 6") >= 3
+    assert set(stack.analysis_counts().values()) == {1}
+
+
+def test_redis_restart_mid_run_loses_nothing(make_stack, sqlite_url, tmp_path):
+    broker = RedisServer(tmp_path / "redis").start()
+    try:
+        stack = make_stack(sqlite_url, redis_url=broker.url, **FAST)
+        ids = upload_in_requests(stack, small_photos(120))
+        worker = stack.start_worker(beat=True)
+        wait_until(lambda: analysed_count(stack) >= 20, 120, 0.05, "progress before the broker restart")
+        broker.stop()  # queued jobs are gone with it: this Redis keeps nothing on disk
+        during = stack.upload(small_photos(10, start=500)).get_json()
+        assert during["accepted"] == 10  # accepted while the broker is down, left `received`
+        time.sleep(2)
+        broker.start()
+        ids += [f["image_id"] for f in during["files"]]
+        assert_exactly_once(stack, ids)
+        assert worker.proc.poll() is None  # the same worker reconnected and kept consuming
+    finally:
+        broker.stop()
+
+
+def test_database_outage_tasks_retry_and_finish(make_stack, pg_server_url):
+    from tests.support import create_pg_database, drop_pg_database
+
+    url = create_pg_database(pg_server_url)
+    try:
+        stack = make_stack(url, **FAST)
+        parts = urlsplit(url)
+        proxy = TcpProxy(parts.port or 5432, parts.hostname).start()
+        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        ids = upload_in_requests(stack, small_photos(80))
+        worker = Worker(stack.settings.model_copy(update={"database_url": via_proxy}), stack.tmp, beat=True)
+        stack.workers.append(worker)
+        worker.start()
+        wait_until(lambda: analysed_count(stack) >= 10, 120, 0.05, "progress before the outage")
+        proxy.cut()
+        time.sleep(4)
+        proxy.start()
+        assert_exactly_once(stack, ids)
+        assert "OperationalError" in worker.output()  # the outage really hit the worker
+    finally:
+        stack.close()
+        drop_pg_database(pg_server_url, url)
+
+
+def test_load_twenty_uploaders_two_workers_counts_reconcile(make_stack, database_url):
+    stack = make_stack(database_url, gradcam=False, batch_max_size=16)
+    stack.start_worker(name="one")
+    stack.start_worker(name="two")
+    uploaders, per_uploader = 20, 60
+
+    def uploader(k: int) -> list[int]:
+        client = stack.app.test_client()
+        return upload_in_requests(stack, small_photos(per_uploader, start=k * 1000), 20, client)
+
+    with ThreadPoolExecutor(uploaders) as pool:
+        ids = [i for chunk in pool.map(uploader, range(uploaders)) for i in chunk]
+    assert len(ids) == len(set(ids)) == uploaders * per_uploader
+    assert_exactly_once(stack, ids)
+    logs = [w.output() for w in stack.workers]
+    assert all("succeeded" in log for log in logs)  # both workers took a share
+

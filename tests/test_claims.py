@@ -120,3 +120,11 @@ def test_perceptual_hash_nearest_prefers_the_closest_then_the_oldest():
     candidates = [(5, "000000000000000f"), (3, "00000000000000ff"), (4, "000000000000000f")]
     assert nearest("0000000000000000", candidates, max_distance=8) == 4
     assert nearest("0000000000000000", candidates, max_distance=3) is None
+
+
+def test_a_node_takes_back_what_its_own_dead_job_left(db):
+    ids = add_images(db, 1)
+    claim(db, ids[0], "n1")
+    assert claim(db, ids[0], "n2")[0] == []  # another node must wait for the lease
+    got, _ = claim(db, ids[0], "n1")
+    assert [c.id for c in got] == ids and got[0].attempts == 2

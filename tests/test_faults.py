@@ -109,7 +109,7 @@ def test_database_outage_tasks_retry_and_finish(make_stack, pg_server_url):
         parts = urlsplit(url)
         proxy = TcpProxy(parts.port or 5432, parts.hostname).start()
         via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-        ids = upload_in_requests(stack, small_photos(80))
+        ids = upload_in_requests(stack, small_photos(300))
         worker = Worker(stack.settings.model_copy(update={"database_url": via_proxy}), stack.tmp, beat=True)
         stack.workers.append(worker)
         worker.start()

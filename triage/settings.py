@@ -49,6 +49,14 @@ class Settings(BaseSettings):
                                    description="Largest upload request; over it the request gets a 413.")
     max_image_pixels: int = Field(50_000_000, validation_alias=_env("DERMATRIAGE_MAX_IMAGE_PIXELS"),
                                   description="Pixel cap against decompression bombs.")
+    session_hours: int = Field(12, ge=1, validation_alias=_env("DERMATRIAGE_SESSION_HOURS"),
+                               description="A signed-in browser session ends after this many hours without a request.")
+    login_rate_limit: str = Field("10 per minute", validation_alias=_env("DERMATRIAGE_LOGIN_RATE_LIMIT"),
+                                  description="Failed sign-ins allowed per client address and per username "
+                                              "(counted in Redis, so across web workers).")
+    review_audit_share: float = Field(0.10, ge=0.0, le=1.0, validation_alias=_env("DERMATRIAGE_REVIEW_AUDIT_SHARE"),
+                                      description="Share of routine cases drawn at random into the review queue, "
+                                                  "so negatives are checked too (0 to 1).")
     # --- worker and queue --------------------------------------------------------------------
     queue_name: str = Field("analysis", validation_alias=_env("DERMATRIAGE_QUEUE"),
                             description="Celery queue that carries analysis jobs.")
@@ -62,6 +70,11 @@ class Settings(BaseSettings):
                               description="Attempts before an image that keeps failing is marked failed.")
     stale_after_s: int = Field(600, validation_alias=_env("DERMATRIAGE_STALE_AFTER_S"),
                                description="An image queued or processing longer than this is re-enqueued by the reconciler.")
+    reconcile_every_s: int = Field(60, validation_alias=_env("DERMATRIAGE_RECONCILE_EVERY_S"),
+                                   description="How often the worker's scheduler runs the reconciler.")
+    orphan_grace_s: int = Field(3600, validation_alias=_env("DERMATRIAGE_ORPHAN_GRACE_S"),
+                                description="A stored file no row refers to is deleted once it is this old "
+                                            "(an upload in flight has not committed its row yet).")
     gradcam: bool = Field(True, validation_alias=_env("DERMATRIAGE_GRADCAM"),
                           description="Compute and store a Grad-CAM heatmap per analysis.")
     near_duplicate_distance: int = Field(8, validation_alias=_env("DERMATRIAGE_NEAR_DUPLICATE_DISTANCE"),

@@ -71,17 +71,31 @@ class GradCam:
             grads = tape.gradient(score, conv)
             weights = tf.reduce_mean(grads, axis=(1, 2))
             cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", conv, weights))
-            return cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-8)
+            probs = tf.nn.softmax(scores) if head is not None else scores
+            return cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-8), probs
 
         self._cams = cams
         self._tf = tf
 
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cams, probs = self._cams(self._tf.constant(batch, dtype=self._tf.float32))
+        return cams.numpy(), probs.numpy().astype(np.float64)
+
     def maps(self, batch: np.ndarray) -> np.ndarray:
         """(N, h, w) heat in [0, 1] at the explained layer's resolution."""
-        return self._cams(self._tf.constant(batch, dtype=self._tf.float32)).numpy()
+        return self._run(batch)[0]
+
+    def explain(self, batch: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+        """The model's (uncalibrated) probabilities and a heatmap PNG per image, from one pass:
+        the forward pass Grad-CAM needs already yields the prediction, so it is not run twice."""
+        heat, probs = self._run(batch)
+        return probs, [overlay_png(x, h) for x, h in zip(batch, heat)]
 
     def __call__(self, batch: np.ndarray, _probs=None) -> list[bytes]:
-        return [overlay_png(x, heat) for x, heat in zip(batch, self.maps(batch))]
+        return self.explain(batch)[1]
+
+    def warm_up(self, size: int) -> None:
+        self._run(np.zeros((1, size, size, 3), np.float32))
 
 
 def overlay_png(network_input: np.ndarray, heat: np.ndarray) -> bytes:

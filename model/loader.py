@@ -49,6 +49,10 @@ class Classifier:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         probs = self._forward(self._tf.constant(batch, dtype=self._tf.float32)).numpy().astype(np.float64)
+        return self.calibrate(probs)
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """The card's temperature applied to the network's own softmax output."""
         return apply_temperature(probs, self.card.temperature)
 
     def warm_up(self) -> float:

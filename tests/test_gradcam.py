@@ -244,3 +244,13 @@ def test_grad_cam_cost_on_resnet152(capsys):
         print(f"\nResNet152 CPU, batch 8, per image: forward {per_image['forward']:.0f} ms, "
               f"Grad-CAM maps {per_image['maps']:.0f} ms, Grad-CAM + PNG {per_image['full']:.0f} ms "
               f"(explaining costs {best['full'] / best['forward']:.2f}x the forward pass, on top of it)")
+
+
+def test_one_pass_gives_the_same_probabilities_as_the_classifier(tmp_path):
+    weights = tmp_path / "tiny.keras"
+    build_demo_model(weights, backbone="tiny", seed=3)
+    classifier = load_classifier(weights)
+    batch = np.random.RandomState(0).uniform(-120, 120, (3, 224, 224, 3)).astype(np.float32)
+    probs, pngs = GradCam(classifier).explain(batch)
+    np.testing.assert_allclose(classifier.calibrate(probs), classifier.predict(batch), atol=1e-6)
+    assert len(pngs) == 3

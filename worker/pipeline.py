@@ -69,20 +69,18 @@ def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality
     if ready:
         batch = np.stack([tensor for _, tensor, _, _ in ready])
         start = time.perf_counter()
-        probs = classifier.predict(batch)
+        if explainer is None:
+            probs, heatmaps = classifier.predict(batch), [None] * len(ready)
+        else:  # one pass yields both the prediction and the gradients Grad-CAM needs
+            raw, heatmaps = explainer.explain(batch)
+            probs = classifier.calibrate(raw)
         forward_ms = _ms(start)
-        heatmaps = [None] * len(ready)
-        explain_ms = 0.0
-        if explainer is not None:
-            start = time.perf_counter()
-            heatmaps = explainer(batch, probs)
-            explain_ms = _ms(start)
         for (out, _, marginal, quality), row, heatmap in zip(ready, probs, heatmaps):
             probabilities = {label: float(p) for label, p in zip(classifier.labels, row)}
             a = assess(probabilities, risk_t, marginal)
             out.status = ImageStatus.ANALYSED
             out.timings.update(forward_ms=round(forward_ms / len(ready), 2), batch_size=len(ready),
-                               explain_ms=round(explain_ms / len(ready), 2))
+                               explained=explainer is not None)
             out.analysis = dict(outcome=ImageStatus.ANALYSED, probabilities=probabilities,
                                 top_class=a.top_class, confidence=a.confidence,
                                 top3=[[s, p] for s, p in a.top3], risk_level=a.risk_level,

@@ -24,6 +24,8 @@ def _load_model_in_child(**_):
     # before the first job so no job pays for it.
     rt = runtime()
     rt.classifier
+    if rt.explainer is not None:
+        rt.explainer.warm_up(rt.classifier.input_size)  # tracing the gradient graph takes seconds
     orphaned = claims.expire_claims_of(rt.db, rt.node)
     if orphaned:
         log.warning("re-enqueueing %d images held by this node's previous process", len(orphaned))

@@ -2,6 +2,7 @@
 with a reason, exactly once. Real Redis, real worker processes, real databases; loopback only."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests import imagegen
+from tests.conftest import ARTIFACTS
 from tests.faults import POISON_SIDE, TcpProxy, crashing_decoder_path
 from tests.support import RedisServer, Worker, wait_until
 from triage.schema import ImageStatus
@@ -38,12 +40,26 @@ def analysed_count(stack) -> int:
     return len(stack.analysis_counts())
 
 
-def assert_exactly_once(stack, ids, expect=ImageStatus.ANALYSED):
+def assert_exactly_once(stack, ids, fault: str, injected: int, expect=ImageStatus.ANALYSED):
     statuses = stack.wait_final(timeout=240)
+    counts = stack.analysis_counts()
+    record(fault, injected, ids, statuses, counts)
     assert set(statuses) == set(ids)
     assert {s for s in statuses.values()} == {expect}, {i: s for i, s in statuses.items() if s != expect}
-    counts = stack.analysis_counts()
     assert set(counts) == set(ids) and set(counts.values()) == {1}
+
+
+def record(fault: str, injected: int, ids, statuses: dict, counts: dict) -> None:
+    """Append this run's figures to test-artifacts/reliability.json (the README's reliability table)."""
+    final = [statuses.get(i) for i in ids]
+    row = {"fault": fault, "injected": injected, "accepted": len(ids),
+           "analysed": final.count(ImageStatus.ANALYSED), "failed": final.count(ImageStatus.FAILED),
+           "lost": sum(1 for s in final if s not in ImageStatus.FINAL),
+           "duplicates": sum(n - 1 for n in counts.values() if n > 1)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "reliability.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([r for r in rows if r["fault"] != fault] + [row], indent=1))
 
 
 def test_sigkill_mid_batch_loses_nothing(make_stack, sqlite_url):
@@ -61,7 +77,7 @@ def test_sigkill_mid_batch_loses_nothing(make_stack, sqlite_url):
     worker.kill()  # parent and child at once, as a machine crash would
     kills += 1
     worker.start()
-    assert_exactly_once(stack, ids)
+    assert_exactly_once(stack, ids, "SIGKILL worker mid-batch (3 children, 1 whole worker)", kills)
     assert kills >= 4
 
 
@@ -72,6 +88,7 @@ def test_poison_image_fails_alone_after_capped_attempts(make_stack, sqlite_url, 
     worker = stack.start_worker(env={"PYTHONPATH": f"{crashing_decoder_path(tmp_path)}:{os.getcwd()}"})
     statuses = stack.wait_final(body["batch_id"], timeout=240)
     poison_id = body["files"][-1]["image_id"]
+    record("poison image crashing the decoder", 1, list(statuses), statuses, stack.analysis_counts())
     assert statuses.pop(poison_id) == ImageStatus.FAILED
     assert set(statuses.values()) == {ImageStatus.ANALYSED}
     api = stack.client.get(f"/api/batches/{body['batch_id']}").get_json()
@@ -94,7 +111,7 @@ def test_redis_restart_mid_run_loses_nothing(make_stack, sqlite_url, tmp_path):
         time.sleep(2)
         broker.start()
         ids += [f["image_id"] for f in during["files"]]
-        assert_exactly_once(stack, ids)
+        assert_exactly_once(stack, ids, "Redis stopped and restarted empty mid-run (uploads while down)", 1)
         assert worker.proc.poll() is None  # the same worker reconnected and kept consuming
     finally:
         broker.stop()
@@ -117,7 +134,7 @@ def test_database_outage_tasks_retry_and_finish(make_stack, pg_server_url):
         proxy.cut()
         time.sleep(4)
         proxy.start()
-        assert_exactly_once(stack, ids)
+        assert_exactly_once(stack, ids, "PostgreSQL cut off for 4 s mid-run", 1)
         assert "OperationalError" in worker.output()  # the outage really hit the worker
     finally:
         stack.close()
@@ -137,7 +154,8 @@ def test_load_twenty_uploaders_two_workers_counts_reconcile(make_stack, database
     with ThreadPoolExecutor(uploaders) as pool:
         ids = [i for chunk in pool.map(uploader, range(uploaders)) for i in chunk]
     assert len(ids) == len(set(ids)) == uploaders * per_uploader
-    assert_exactly_once(stack, ids)
+    backend = stack.settings.database_url.split(":")[0].split("+")[0]
+    assert_exactly_once(stack, ids, f"load: 20 uploaders, 2 workers ({backend})", 0)
     logs = [w.output() for w in stack.workers]
     assert all("succeeded" in log for log in logs)  # both workers took a share
 

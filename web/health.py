@@ -4,6 +4,8 @@ from __future__ import annotations
 import redis
 from sqlalchemy import text
 
+from triage import heartbeat
+
 from .services import Services
 
 
@@ -19,6 +21,7 @@ def health_report(svc: Services) -> dict:
         client = redis.Redis.from_url(svc.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         client.ping()
         report["redis"]["queue_depth"] = client.llen(svc.settings.queue_name)
+        report["workers"] = heartbeat.workers(client)
     except Exception as exc:
         report["ok"] = False
         report["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}

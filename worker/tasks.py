@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
+from triage import heartbeat
 from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
 
 from . import claims
@@ -26,6 +29,9 @@ def _load_model_in_child(**_):
     rt.classifier
     if rt.explainer is not None:
         rt.explainer.warm_up(rt.classifier.input_size)  # tracing the gradient graph takes seconds
+    heartbeat.start(rt.settings.redis_url, rt.node, {
+        "model_loaded": True, "model_version": rt.classifier.version, "model_trained": rt.classifier.trained,
+        "gradcam": rt.explainer is not None, "pid": os.getpid(), "started_at": time.time()})
     orphaned = claims.expire_claims_of(rt.db, rt.node)
     if orphaned:
         log.warning("re-enqueueing %d images held by this node's previous process", len(orphaned))

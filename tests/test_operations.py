@@ -1,0 +1,113 @@
+"""Operations: worker heartbeat in health and status, Flower behind auth, the compose file, graceful stop."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+import yaml
+
+from tests import imagegen
+from tests.support import ROOT, VENV_BIN, child_env, free_port, wait_until
+from triage.schema import ImageStatus
+
+
+def test_health_and_status_report_the_loaded_model(sqlite_stack):
+    stack = sqlite_stack
+    worker = stack.start_worker(name="ops")
+    health = wait_until(lambda: (h := stack.client.get("/health").get_json())["workers"] and h, 30,
+                        message="the worker's heartbeat")
+    [seen] = health["workers"]
+    assert seen["node"] == "ops" and seen["model_loaded"] is True
+    assert seen["model_version"].startswith("demo-tiny-untrained@") and seen["model_trained"] is False
+    status = subprocess.run([sys.executable, "-m", "scripts.cli", "status"], cwd=ROOT, capture_output=True,
+                            text=True, env=child_env(stack.settings), timeout=60)
+    report = json.loads(status.stdout)
+    assert status.returncode == 0 and report["workers"][0]["model_version"] == seen["model_version"]
+    worker.stop()
+
+
+def test_flower_requires_credentials(sqlite_stack):
+    settings = sqlite_stack.settings
+    port = free_port()
+    proc = subprocess.Popen([str(VENV_BIN / "celery"), "-A", "worker.app", "flower", f"--port={port}",
+                             "--address=127.0.0.1", "--basic-auth=admin:s3cret-for-test"],
+                            cwd=ROOT, env=child_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up():
+            try:
+                return requests.get(url + "/api/workers", timeout=1).status_code
+            except requests.RequestException:
+                return None
+
+        assert wait_until(up, 30, message="flower") == 401
+        assert requests.get(url + "/api/tasks", timeout=5).status_code == 401
+        assert requests.get(url + "/api/workers", auth=("admin", "wrong"), timeout=5).status_code == 401
+        assert requests.get(url + "/api/workers", auth=("admin", "s3cret-for-test"), timeout=5).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_compose_command_exists_in_the_project():
+    from scripts.cli import main as cli_main  # noqa: F401  (the module the commands run)
+
+    services = _compose()["services"]
+    assert {"redis", "postgres", "migrate", "web", "worker", "flower"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"] and "noeviction" in services["redis"]["command"]
+    cli_commands = subprocess.run([sys.executable, "-m", "scripts.cli", "--help"], cwd=ROOT, capture_output=True,
+                                  text=True).stdout
+    for name, service in services.items():
+        command = service.get("command")
+        if command is None or name in ("redis", "postgres"):
+            continue
+        words = command if isinstance(command, list) else shlex.split(command)
+        text = " ".join(words)
+        if "scripts.cli" in text:
+            assert words[words.index("scripts.cli") + 1] in cli_commands, name
+        if "-A worker.app" in text:
+            assert (ROOT / "worker" / "app.py").exists()
+        if "web.wsgi:app" in text:
+            assert (ROOT / "web" / "wsgi.py").exists()
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+
+
+@pytest.mark.skipif(subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+                    if shutil.which("docker") else True, reason="no docker compose client on this machine")
+def test_compose_file_validates(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("POSTGRES_PASSWORD=x\nDERMATRIAGE_SECRET_KEY=y\nDERMATRIAGE_FLOWER_PASSWORD=z\n")
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    result = subprocess.run(["docker", "compose", "config", "-q"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_stopped_worker_finishes_its_batch_and_loses_nothing(make_stack, sqlite_url):
+    stack = make_stack(sqlite_url, gradcam=True)
+    files = [(imagegen.jpeg(i, 320, 240), f"{i}.jpg") for i in range(60)]
+    body = stack.upload(files).get_json()
+    worker = stack.start_worker(name="graceful")
+    wait_until(lambda: len(stack.analysis_counts()) >= 5, 60, 0.05, "the first batches")
+    os.killpg(worker.proc.pid, signal.SIGTERM)  # what a deployment's stop sends
+    worker.proc.wait(60)
+    log = worker.output()
+    assert "Warm shutdown" in log and "ERROR" not in log.split("Warm shutdown")[1]
+    statuses = stack.statuses(body["batch_id"])
+    assert ImageStatus.PROCESSING not in statuses.values()  # nothing left half-done
+    worker.start()
+    assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
+    assert set(stack.analysis_counts().values()) == {1}

@@ -85,11 +85,13 @@ class GradCam:
         """(N, h, w) heat in [0, 1] at the explained layer's resolution."""
         return self._run(batch)[0]
 
-    def explain(self, batch: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    def explain(self, batch: np.ndarray, count: int | None = None) -> tuple[np.ndarray, list[bytes]]:
         """The model's (uncalibrated) probabilities and a heatmap PNG per image, from one pass:
-        the forward pass Grad-CAM needs already yields the prediction, so it is not run twice."""
+        the forward pass Grad-CAM needs already yields the prediction, so it is not run twice.
+        Only the first `count` images are returned (the rest is padding)."""
         heat, probs = self._run(batch)
-        return probs, [overlay_png(x, h) for x, h in zip(batch, heat)]
+        count = len(batch) if count is None else count
+        return probs[:count], [overlay_png(x, h) for x, h in zip(batch[:count], heat[:count])]
 
     def __call__(self, batch: np.ndarray, _probs=None) -> list[bytes]:
         return self.explain(batch)[1]

@@ -11,6 +11,7 @@ import numpy as np
 from .card import ModelCard, file_sha256
 
 log = logging.getLogger(__name__)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def configure_tensorflow():
@@ -35,6 +36,9 @@ class Classifier:
         self.trained = card.trained
         self.input_size = card.input_size
         self._tf = tf
+        # On a GPU, batches are padded to a few fixed sizes so kernels are tuned once per shape;
+        # on a CPU padding would only add work, and the single traced graph already fits any size.
+        self.on_gpu = bool(tf.config.list_logical_devices("GPU"))
         size = card.input_size
         # One traced graph for every batch size; calling the model as a function, not model.predict,
         # which builds a new dataset per call and leaks in a long-lived process.
@@ -50,6 +54,16 @@ class Classifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         probs = self._forward(self._tf.constant(batch, dtype=self._tf.float32)).numpy().astype(np.float64)
         return self.calibrate(probs)
+
+    def padded(self, batch: np.ndarray) -> np.ndarray:
+        """The batch padded with blank images up to the next fixed size (GPU only; see __init__)."""
+        if not self.on_gpu:
+            return batch
+        size = next((b for b in BATCH_BUCKETS if b >= len(batch)), len(batch))
+        if size == len(batch):
+            return batch
+        blank = np.zeros((size - len(batch),) + batch.shape[1:], batch.dtype)
+        return np.concatenate([batch, blank])
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """The card's temperature applied to the network's own softmax output."""

@@ -128,3 +128,13 @@ def test_a_node_takes_back_what_its_own_dead_job_left(db):
     assert claim(db, ids[0], "n2")[0] == []  # another node must wait for the lease
     got, _ = claim(db, ids[0], "n1")
     assert [c.id for c in got] == ids and got[0].attempts == 2
+
+
+def test_claim_more_tops_up_with_fresh_images_only(db):
+    ids = add_images(db, 4)
+    with db.session() as s:
+        s.execute(update(Image).where(Image.id == ids[1]).values(attempts=1))
+    claim(db, ids[0], limit=1)
+    more = claims.claim_more(db, 5, lease_s=60, node="n1")
+    assert [c.id for c in more] == ids[2:]  # the retried image is left to be claimed alone
+

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
                             description="Celery queue that carries analysis jobs.")
     batch_max_size: int = Field(8, validation_alias=_env("DERMATRIAGE_BATCH_MAX_SIZE"),
                                 description="Largest number of images in one forward pass.")
+    batch_max_wait_ms: int = Field(20, validation_alias=_env("DERMATRIAGE_BATCH_MAX_WAIT_MS"),
+                                   description="Longest wait for a part-filled batch to fill before it runs.")
     task_time_limit_s: int = Field(300, validation_alias=_env("DERMATRIAGE_TASK_TIME_LIMIT_S"),
                                    description="Hard time limit of one analysis job (kept well under the visibility timeout).")
     visibility_timeout_s: int = Field(1200, validation_alias=_env("DERMATRIAGE_VISIBILITY_TIMEOUT_S"),

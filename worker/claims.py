@@ -47,9 +47,7 @@ def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_at
             return [], []
         rows = [first]
         if first.attempts == 0 and limit > 1:
-            rows += s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts)
-                                    .where(Image.status.in_(WAITING), Image.attempts == 0, Image.id != image_id)
-                                    .order_by(Image.id).limit(limit - 1))).all()
+            rows += s.execute(_fresh(s, limit - 1, exclude=image_id)).all()
         given_up = [r.id for r in rows if r.attempts >= max_attempts]
         live = [r for r in rows if r.attempts < max_attempts]
         if given_up:
@@ -57,11 +55,30 @@ def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_at
                 status=ImageStatus.FAILED, lease_expires_at=None, claimed_by=None,
                 error=f"Gave up after {max_attempts} attempts: analysing this image repeatedly crashed "
                       "or timed out the worker."))
-        if live:
-            s.execute(update(Image).where(Image.id.in_([r.id for r in live])).values(
-                status=ImageStatus.PROCESSING, attempts=Image.attempts + 1, claimed_by=node,
-                lease_expires_at=now + timedelta(seconds=lease_s)))
-        return [Claimed(r.id, r.store_key, r.attempts + 1) for r in live], given_up
+        return _take(s, live, now, lease_s, node), given_up
+
+
+def claim_more(db: Database, count: int, *, lease_s: int, node: str) -> list[Claimed]:
+    """Top a batch up with fresh waiting images (used after waiting briefly for a batch to fill)."""
+    with db.session() as s:
+        return _take(s, s.execute(_fresh(s, count)).all(), utcnow(), lease_s, node)
+
+
+def _fresh(session, count: int, exclude: int | None = None):
+    """Waiting images never tried before, oldest first. (Retries are claimed alone, never as filler.)"""
+    query = select(Image.id, Image.store_key, Image.attempts).where(Image.status.in_(WAITING),
+                                                                    Image.attempts == 0)
+    if exclude is not None:
+        query = query.where(Image.id != exclude)
+    return _lock(session, query.order_by(Image.id).limit(count))
+
+
+def _take(session, rows, now, lease_s: int, node: str) -> list[Claimed]:
+    if rows:
+        session.execute(update(Image).where(Image.id.in_([r.id for r in rows])).values(
+            status=ImageStatus.PROCESSING, attempts=Image.attempts + 1, claimed_by=node,
+            lease_expires_at=now + timedelta(seconds=lease_s)))
+    return [Claimed(r.id, r.store_key, r.attempts + 1) for r in rows]
 
 
 def _lock(session, stmt):

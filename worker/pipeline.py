@@ -67,12 +67,12 @@ def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality
         ready.append((out, tensor, report.marginal, quality))
 
     if ready:
-        batch = np.stack([tensor for _, tensor, _, _ in ready])
+        batch = classifier.padded(np.stack([tensor for _, tensor, _, _ in ready]))
         start = time.perf_counter()
         if explainer is None:
-            probs, heatmaps = classifier.predict(batch), [None] * len(ready)
+            probs, heatmaps = classifier.predict(batch)[:len(ready)], [None] * len(ready)
         else:  # one pass yields both the prediction and the gradients Grad-CAM needs
-            raw, heatmaps = explainer.explain(batch)
+            raw, heatmaps = explainer.explain(batch, len(ready))
             probs = classifier.calibrate(raw)
         forward_ms = _ms(start)
         for (out, _, marginal, quality), row, heatmap in zip(ready, probs, heatmaps):

@@ -53,6 +53,12 @@ def analyse_image(self, image_id: int) -> dict:
                                        max_attempts=s.max_attempts, node=rt.node)
     if not got:
         return {"image": image_id, "claimed": 0, "failed": given_up}
+    room = s.batch_max_size - len(got)
+    if room > 0 and got[0].attempts == 1 and s.batch_max_wait_ms > 0:
+        # A short wait lets a batch fill while an upload is still arriving; a lone image waits
+        # only this long, and a flood never waits because its batches are full at once.
+        time.sleep(s.batch_max_wait_ms / 1000)
+        got += claims.claim_more(rt.db, room, lease_s=s.task_time_limit_s, node=rt.node)
     ids = [c.id for c in got]
     try:
         classifier = rt.classifier

@@ -24,7 +24,8 @@ trap stop INT TERM EXIT
 "$VENV/bin/gunicorn" --workers 2 --threads 4 --bind "$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT" \
     --timeout 300 "web.wsgi:app" &
 pids+=($!)
-DERMATRIAGE_WORKER_NAME="worker1@$(hostname)" "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
+DERMATRIAGE_WORKER_NAME="worker1@$(hostname)" DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}" \
+    "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
     --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO &
 pids+=($!)
 "$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \

@@ -18,8 +18,9 @@ from tests.support import ROOT, VENV_BIN, child_env, free_port, wait_until
 from triage.schema import ImageStatus
 
 
-def test_health_and_status_report_the_loaded_model(sqlite_stack):
-    stack = sqlite_stack
+def test_health_status_and_metrics_report_the_loaded_model(make_stack, sqlite_url):
+    metrics_port = free_port()
+    stack = make_stack(sqlite_url, worker_metrics_port=metrics_port)
     worker = stack.start_worker(name="ops")
     health = wait_until(lambda: (h := stack.client.get("/health").get_json())["workers"] and h, 30,
                         message="the worker's heartbeat")
@@ -30,6 +31,14 @@ def test_health_and_status_report_the_loaded_model(sqlite_stack):
                             text=True, env=child_env(stack.settings), timeout=60)
     report = json.loads(status.stdout)
     assert status.returncode == 0 and report["workers"][0]["model_version"] == seen["model_version"]
+
+    body = stack.upload([(imagegen.jpeg(i), f"{i}.jpg") for i in range(3)]).get_json()
+    stack.wait_final(body["batch_id"])
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'dermatriage_worker_images_total{outcome="analysed"} 3.0' in text
+    assert "dermatriage_worker_end_to_end_seconds_count 3.0" in text
+    assert "dermatriage_worker_inference_seconds_count" in text
+    assert f'dermatriage_worker_model_info{{trained="false",version="{seen["model_version"]}"}} 1.0' in text
     worker.stop()
 
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     orphan_grace_s: int = Field(3600, validation_alias=_env("DERMATRIAGE_ORPHAN_GRACE_S"),
                                 description="A stored file no row refers to is deleted once it is this old "
                                             "(an upload in flight has not committed its row yet).")
+    worker_metrics_port: int = Field(0, validation_alias=_env("DERMATRIAGE_WORKER_METRICS_PORT"),
+                                     description="Port (on 127.0.0.1) of the worker's Prometheus metrics; 0 = off. "
+                                                 "One port per worker process on a host.")
     gradcam: bool = Field(True, validation_alias=_env("DERMATRIAGE_GRADCAM"),
                           description="Compute and store a Grad-CAM heatmap per analysis.")
     near_duplicate_distance: int = Field(8, validation_alias=_env("DERMATRIAGE_NEAR_DUPLICATE_DISTANCE"),

@@ -15,7 +15,7 @@ from triage.db import Database
 from triage.imaging import decode_rgb
 from triage.phash import nearest
 from triage.risk import RiskThresholds, assess, reshoot_assessment
-from triage.schema import Analysis, Image, ImageStatus
+from triage.schema import Analysis, Image, ImageStatus, utcnow
 from triage.store import ImageStore
 
 from .claims import Claimed
@@ -90,23 +90,25 @@ def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality
 
 
 def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, node: str, model_version: str,
-                   model_trained: bool, thresholds: dict, near_duplicate_distance: int) -> int:
-    """Write every result of a forward pass in one transaction; returns how many images changed.
+                   model_trained: bool, thresholds: dict, near_duplicate_distance: int) -> list[float]:
+    """Write every result of a forward pass in one transaction.
 
     Idempotent: an analysis is inserted only if none exists for (image, model version), and a status
-    changes only while this node still holds the image's claim.
+    changes only while this node still holds the image's claim. Returns, for each image written, the
+    seconds since it was uploaded.
     """
     insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
-    changed = 0
+    ages: list[float] = []
     with db.session() as s:
         for out in outcomes:
-            held = s.execute(update(Image).where(
+            uploaded = s.execute(update(Image).where(
                 Image.id == out.image_id, Image.status == ImageStatus.PROCESSING, Image.claimed_by == node,
-            ).values(status=out.status, error=out.error, lease_expires_at=None, claimed_by=None))
-            if held.rowcount != 1:
+            ).values(status=out.status, error=out.error, lease_expires_at=None, claimed_by=None)
+                .returning(Image.created_at)).scalar()
+            if uploaded is None:
                 log.warning("image %s is no longer held by %s; result dropped", out.image_id, node)
                 continue
-            changed += 1
+            ages.append((utcnow() - uploaded).total_seconds())
             if out.analysis is None:
                 continue
             values = dict(out.analysis)
@@ -117,7 +119,7 @@ def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, 
                 thresholds=thresholds, timings=out.timings, **values,
             ).on_conflict_do_nothing(index_elements=["image_id", "model_version"]))
         flag_near_duplicates(s, [o.image_id for o in outcomes], near_duplicate_distance)
-    return changed
+    return ages
 
 
 def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> None:

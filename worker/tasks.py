@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from triage import heartbeat
 from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
 
-from . import claims
+from . import claims, metrics
 from .app import celery
 from .orphans import sweep_orphans
 from .pipeline import analyse_batch, write_outcomes
@@ -29,6 +29,7 @@ def _load_model_in_child(**_):
     rt.classifier
     if rt.explainer is not None:
         rt.explainer.warm_up(rt.classifier.input_size)  # tracing the gradient graph takes seconds
+    metrics.serve(rt.settings.worker_metrics_port, rt.classifier.version, rt.classifier.trained)
     heartbeat.start(rt.settings.redis_url, rt.node, {
         "model_loaded": True, "model_version": rt.classifier.version, "model_trained": rt.classifier.trained,
         "gradcam": rt.explainer is not None, "pid": os.getpid(), "started_at": time.time()})
@@ -64,7 +65,7 @@ def analyse_image(self, image_id: int) -> dict:
         classifier = rt.classifier
         outcomes = analyse_batch(got, classifier, rt.store, rt.quality_thresholds, rt.risk_thresholds,
                                  rt.explainer)
-        changed = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
+        ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
                                  model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
                                  near_duplicate_distance=s.near_duplicate_distance)
     except (Exception, SoftTimeLimitExceeded) as exc:
@@ -73,7 +74,8 @@ def analyse_image(self, image_id: int) -> dict:
                               max_attempts=s.max_attempts)
         enqueue_analysis(celery, back)
         raise
-    return {"image": image_id, "claimed": len(ids), "written": changed, "failed": given_up}
+    metrics.observe(outcomes, ages)
+    return {"image": image_id, "claimed": len(ids), "written": len(ages), "failed": given_up}
 
 
 @celery.task(name=RECONCILE_TASK)

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the process that holds the model, served on DERMATRIAGE_WORKER_METRICS_PORT."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+IMAGES = Counter("dermatriage_worker_images_total", "Images finished by this worker, by outcome", ["outcome"])
+BATCH_SIZE = Histogram("dermatriage_worker_batch_size", "Images per forward pass",
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+INFERENCE = Histogram("dermatriage_worker_inference_seconds", "Forward pass (with Grad-CAM when on) per batch",
+                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16))
+END_TO_END = Histogram("dermatriage_worker_end_to_end_seconds", "From upload to stored result, per image",
+                       buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900))
+MODEL = Gauge("dermatriage_worker_model_info", "The loaded model", ["version", "trained"])
+
+
+def serve(port: int, model_version: str, trained: bool) -> None:
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+    MODEL.labels(model_version, str(trained).lower()).set(1)
+
+
+def observe(outcomes, ages_s: list[float]) -> None:
+    for out in outcomes:
+        IMAGES.labels(out.status).inc()
+    timed = next((o.timings for o in outcomes if "batch_size" in o.timings), None)
+    if timed is not None:
+        BATCH_SIZE.observe(timed["batch_size"])
+        INFERENCE.observe(timed["forward_ms"] * timed["batch_size"] / 1000)
+    for age in ages_s:
+        END_TO_END.observe(age)

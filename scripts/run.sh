@@ -21,13 +21,29 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# Run a command again whenever it exits (a worker exits on purpose when it stops consuming).
+supervise() {
+    (
+        child=""
+        trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 0' TERM INT
+        while :; do
+            "$@" &
+            child=$!
+            wait "$child" || true
+            say "$(basename "$1") exited; restarting in 2 s"
+            sleep 2
+        done
+    ) &
+    pids+=($!)
+}
+
 "$VENV/bin/gunicorn" --workers 2 --threads 4 --bind "$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT" \
     --timeout 300 "web.wsgi:app" &
 pids+=($!)
-DERMATRIAGE_WORKER_NAME="worker1@$(hostname)" DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}" \
-    "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
-    --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO &
-pids+=($!)
+export DERMATRIAGE_WORKER_NAME="worker1@$(hostname)"
+export DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}"
+supervise "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
+    --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO
 "$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \
     --basic-auth="$DERMATRIAGE_FLOWER_USER:$DERMATRIAGE_FLOWER_PASSWORD" --logging=warning &
 pids+=($!)

@@ -120,3 +120,33 @@ def test_a_stopped_worker_finishes_its_batch_and_loses_nothing(make_stack, sqlit
     worker.start()
     assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
     assert set(stack.analysis_counts().values()) == {1}
+
+
+def test_a_worker_that_stops_consuming_exits_to_be_restarted(make_stack, sqlite_url):
+    stack = make_stack(sqlite_url, consume_stall_s=3)
+    worker = stack.start_worker(name="stuck")
+    celery = stack.app.extensions["dermatriage"].celery
+    # The symptom of the known failure: alive, connected, but no longer consuming its queue.
+    celery.control.cancel_consumer(stack.settings.queue_name, destination=["stuck@" + os.uname().nodename],
+                                   reply=True, timeout=5)
+    body = stack.upload([(imagegen.jpeg(1), "a.jpg")]).get_json()
+    assert worker.proc.wait(30) == 75
+    assert "has stopped consuming" in worker.output()
+    worker.start()  # what the supervisor does
+    assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
+
+
+def test_the_watchdog_ignores_a_busy_worker_and_a_broker_outage(redis_server):
+    from worker.watchdog import ConsumeWatchdog
+
+    exits = []
+    client_queue = "watched"
+    dog = ConsumeWatchdog(redis_server.url, client_queue, stall_s=0, busy=lambda: False, exit_process=exits.append)
+    assert not dog.stalled()  # empty queue
+    dog.client.rpush(client_queue, "job")
+    assert dog.stalled()
+    dog.busy = lambda: True
+    assert not dog.stalled()
+    outage = ConsumeWatchdog(f"redis://127.0.0.1:{free_port()}/0", client_queue, 0, busy=lambda: False)
+    assert not outage.stalled()
+    dog.client.delete(client_queue)

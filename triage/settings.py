@@ -72,6 +72,9 @@ class Settings(BaseSettings):
                               description="Attempts before an image that keeps failing is marked failed.")
     stale_after_s: int = Field(600, validation_alias=_env("DERMATRIAGE_STALE_AFTER_S"),
                                description="An image queued or processing longer than this is re-enqueued by the reconciler.")
+    consume_stall_s: int = Field(120, validation_alias=_env("DERMATRIAGE_CONSUME_STALL_S"),
+                                 description="A worker with jobs waiting in its queue that receives none for this "
+                                             "long exits to be restarted (0 = off).")
     reconcile_every_s: int = Field(60, validation_alias=_env("DERMATRIAGE_RECONCILE_EVERY_S"),
                                    description="How often the worker's scheduler runs the reconciler.")
     orphan_grace_s: int = Field(3600, validation_alias=_env("DERMATRIAGE_ORPHAN_GRACE_S"),

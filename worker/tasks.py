@@ -6,17 +6,20 @@ import os
 import time
 
 from celery import signals
+from celery.worker import state as worker_state
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from triage import heartbeat
 from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
+from triage.settings import get_settings
 
 from . import claims, metrics
 from .app import celery
 from .orphans import sweep_orphans
 from .pipeline import analyse_batch, write_outcomes
 from .runtime import runtime
+from .watchdog import ConsumeWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,25 @@ def _load_model_in_child(**_):
         enqueue_analysis(celery, orphaned)
 
 
+_watchdog: ConsumeWatchdog | None = None
+
+
 @signals.worker_ready.connect
-def _reconcile_at_start(**_):
+def _reconcile_and_watch(**_):
+    # Runs in the worker's parent, which consumes from the broker; the model lives in the child.
+    global _watchdog
     reconcile.delay()
+    s = get_settings()  # not runtime(): that belongs to the child, which names its node by its parent
+    if s.consume_stall_s > 0:
+        _watchdog = ConsumeWatchdog(s.redis_url, s.queue_name, s.consume_stall_s,
+                                    busy=lambda: bool(worker_state.active_requests or worker_state.reserved_requests))
+        _watchdog.start()
+
+
+@signals.task_received.connect
+def _job_arrived(**_):
+    if _watchdog is not None:
+        _watchdog.received()
 
 
 @celery.task(name=ANALYSE_TASK, bind=True, autoretry_for=(OperationalError,), retry_backoff=1,

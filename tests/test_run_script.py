@@ -1,0 +1,90 @@
+"""The README's first command: scripts/run.sh starts web, worker and Flower, and Ctrl-C stops them."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests import imagegen
+from tests.support import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_script_serves_analyses_and_stops_on_ctrl_c(tmp_path, redis_server, tiny_model_path, request):
+    web_port, flower_port, metrics_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMATRIAGE_")}
+    env.update(DERMATRIAGE_DATA_DIR=str(tmp_path / "var"), REDIS_URL=redis_server.url,
+               DERMATRIAGE_MODEL_PATH=str(tiny_model_path), DERMATRIAGE_WEB_PORT=str(web_port),
+               DERMATRIAGE_FLOWER_PORT=str(flower_port), DERMATRIAGE_WORKER_METRICS_PORT=str(metrics_port),
+               DERMATRIAGE_QUEUE="run-script")
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    request.addfinalizer(lambda: _kill_group(proc))
+    portal = f"http://127.0.0.1:{web_port}"
+    wait_until(lambda: "Ctrl-C stops everything" in log.read_text(errors="replace"), 300, 1, "run.sh to start")
+    password = re.search(r"password (\S+)\)", log.read_text()).group(1)
+    wait_until(lambda: _get(f"http://127.0.0.1:{flower_port}/api/workers", ("admin", password)) == 200, 60,
+               message="flower with the printed password")
+    assert _get(f"http://127.0.0.1:{flower_port}/api/workers") == 401
+    wait_until(lambda: _get(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 120, 1, "the worker's model")
+
+    uploaded = _upload(portal, env, tmp_path)
+    batch = uploaded["batch_id"]
+    wait_until(lambda: _batch(portal, env, batch)["finished"], 60, 0.5, "the batch to be analysed")
+    assert _batch(portal, env, batch)["counts"]["analysed"] == 3
+
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole group
+    assert proc.wait(60) is not None
+    time.sleep(1)
+    leftovers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes left running: {leftovers}"
+
+
+def _get(url, auth=None):
+    try:
+        return requests.get(url, auth=auth, timeout=2).status_code
+    except requests.RequestException:
+        return None
+
+
+def _upload(portal, env, tmp_path) -> dict:
+    files = [("files", (f"{i}.jpg", imagegen.jpeg(i), "image/jpeg")) for i in range(3)]
+    response = requests.post(portal + "/api/batches", files=files, timeout=30,
+                             headers=_headers(env))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _batch(portal, env, batch_id) -> dict:
+    return requests.get(f"{portal}/api/batches/{batch_id}", headers=_headers(env),
+                        timeout=10).json()
+
+
+def _headers(env) -> dict:
+    """An admin and an API token made with the commands an operator would use."""
+    if "token" not in _TOKEN:
+        cli = [sys.executable, "-m", "scripts.cli"]
+        subprocess.run(cli + ["create-admin", "--username", "ops", "--password-stdin"], cwd=ROOT, env=env,
+                       input="a-long-enough-password-1\n", text=True, check=True, capture_output=True)
+        out = subprocess.run(cli + ["create-token", "--username", "ops", "--name", "run-script test"], cwd=ROOT,
+                             env=env, text=True, check=True, capture_output=True).stdout
+        _TOKEN["token"] = out.strip().splitlines()[-1].split()[-1]
+    return {"Authorization": f"Bearer {_TOKEN['token']}"}
+
+
+_TOKEN: dict[str, str] = {}
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
                            description="Celery broker: transport only, never the source of truth.")
     image_store: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_IMAGE_STORE"),
                                      description="Content-addressed image folder; empty means `<data dir>/images`.")
+    image_store_url: str = Field("", validation_alias=_env("DERMATRIAGE_IMAGE_STORE_URL"),
+                                 description="`s3://bucket/prefix` to keep images in an S3-compatible object store "
+                                             "instead of the folder (credentials from the AWS_* variables).")
+    s3_endpoint_url: str = Field("", validation_alias=_env("DERMATRIAGE_S3_ENDPOINT_URL"),
+                                 description="Endpoint of a non-AWS S3 service (MinIO, Ceph); empty for AWS.")
     model_path: Path | None = Field(None, validation_alias=_env("DERMATRIAGE_MODEL_PATH"),
                                     description="Keras weights file (`.h5` or `.keras`) with its `.card.json` beside it; "
                                                 "empty means the demo model `<data dir>/models/demo_resnet152.keras`.")

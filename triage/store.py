@@ -15,6 +15,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 class ImageStore:
+    """Files under a folder: a local disk, or a shared filesystem mounted on every host."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
 
@@ -53,13 +55,21 @@ class ImageStore:
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def files(self):
-        """(key or temporary name, path) for everything under the store, including unfinished writes."""
+    def entries(self):
+        """(name, modified time) of everything stored, unfinished writes included (for the sweeper)."""
         if not self.root.exists():
             return
         for path in self.root.glob("??/??/*"):
             if path.is_file():
-                yield path.name, path
+                yield path.name, path.stat().st_mtime
+
+    def remove(self, name: str) -> None:
+        """Remove an entry found by `entries`, a content key or an unfinished write."""
+        if _KEY.match(name):
+            self.delete(name)
+            return
+        for path in self.root.glob(f"??/??/{name}"):
+            path.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         """Remove a file no row refers to (used only to undo a store whose row was never committed)."""
@@ -67,3 +77,62 @@ class ImageStore:
             self.path(key).unlink()
         except FileNotFoundError:
             pass
+
+
+class S3ImageStore:
+    """The same store in an S3-compatible bucket (AWS S3, MinIO, Ceph...), for hosts without a shared
+    filesystem. Credentials come from the usual AWS variables or instance roles, never from settings."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None):
+        import boto3
+
+        parts = url.removeprefix("s3://").split("/", 1)
+        self.bucket = parts[0]
+        self.prefix = (parts[1].strip("/") + "/") if len(parts) > 1 and parts[1].strip("/") else ""
+        self.client = boto3.client("s3", endpoint_url=endpoint_url or None)
+
+    def _name(self, key: str) -> str:
+        if not _KEY.match(key):
+            raise ValueError(f"not a content key: {key!r}")
+        return self.prefix + key
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        key = sha256_hex(data)
+        if self.exists(key):
+            return key, False
+        # An S3 PUT is atomic: readers see the whole object or none of it.
+        self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        return key, True
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._name(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
+
+    def entries(self):
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(self.prefix):], obj["LastModified"].timestamp()
+
+    def remove(self, name: str) -> None:
+        self.delete(name)
+
+
+def open_store(settings) -> ImageStore | S3ImageStore:
+    """The store the settings name: an s3:// URL, else the image folder."""
+    if settings.image_store_url:
+        return S3ImageStore(settings.image_store_url, settings.s3_endpoint_url)
+    return ImageStore(settings.image_store)

@@ -6,14 +6,17 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from triage.audit import record_settings_change
 from triage.catalogue import DISCLAIMER
 from triage.db import Database
 from triage.jobs import make_celery
 from triage.settings import Settings, get_settings
-from triage.store import ImageStore
+from triage.store import open_store
 
+from . import account, admin, auth, exports, review
 from .routes import bp
 from .services import Services
+from .templating import register_filters
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
@@ -29,11 +32,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_PARTS=settings.max_files_per_request + 50,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
-    app.extensions["dermatriage"] = Services(
-        settings=settings, db=Database(settings.database_url), store=ImageStore(settings.image_store),
-        celery=make_celery(settings, "dermatriage-web"))
-    app.register_blueprint(bp)
+    services = Services(settings=settings, db=Database(settings.database_url),
+                        store=open_store(settings), celery=make_celery(settings, "dermatriage-web"))
+    app.extensions["dermatriage"] = services
+    auth.init_auth(app, settings)
+    for blueprint in (bp, account.bp, admin.bp, review.bp, exports.bp):
+        app.register_blueprint(blueprint)
     app.context_processor(lambda: {"disclaimer": DISCLAIMER})
+    register_filters(app)
+    record_settings_change(services.db, settings)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -53,7 +60,8 @@ def _wants_json() -> bool:
 
 
 def _http_error(exc: HTTPException):
-    message = {413: "The upload is larger than the server accepts in one request; send fewer or smaller files."}
+    message = {413: "The upload is larger than the server accepts in one request; send fewer or smaller files.",
+               429: "Too many failed sign-in attempts. Wait a minute, then try again."}
     text = message.get(exc.code, exc.description)
     if _wants_json():
         return jsonify(error=text), exc.code

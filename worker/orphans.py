@@ -8,24 +8,24 @@ from sqlalchemy import select
 
 from triage.db import Database
 from triage.schema import Analysis, Image
-from triage.store import ImageStore
+from triage.store import ImageStore, S3ImageStore
 
 log = logging.getLogger(__name__)
 
 
-def sweep_orphans(db: Database, store: ImageStore, grace_s: float) -> int:
+def sweep_orphans(db: Database, store: ImageStore | S3ImageStore, grace_s: float) -> int:
     """Delete unreferenced files older than grace_s (younger ones may belong to an upload in flight)."""
     cutoff = time.time() - grace_s
-    old = [(name, path) for name, path in store.files() if path.stat().st_mtime <= cutoff]
+    old = [name for name, modified in store.entries() if modified <= cutoff]
     if not old:
         return 0
     with db.session() as s:
         used = set(s.scalars(select(Image.store_key)))
         used |= set(s.scalars(select(Analysis.heatmap_key).where(Analysis.heatmap_key.is_not(None))))
     removed = 0
-    for name, path in old:
+    for name in old:
         if name not in used:
-            path.unlink(missing_ok=True)
+            store.remove(name)
             removed += 1
     if removed:
         log.info("removed %d orphaned files from the image store", removed)

@@ -14,7 +14,7 @@ from model.quality import QualityThresholds
 from triage.db import Database
 from triage.risk import RiskThresholds
 from triage.settings import Settings, get_settings
-from triage.store import ImageStore
+from triage.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.store = ImageStore(settings.image_store)
+        self.store = open_store(settings)
         self.quality_thresholds = QualityThresholds.from_settings(settings)
         self.risk_thresholds = RiskThresholds.from_settings(settings)
         # The claim owner: one per worker (its prefork parent), stable across child restarts. Set

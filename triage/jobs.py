@@ -27,6 +27,9 @@ def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
         task_soft_time_limit=max(settings.task_time_limit_s - 30, settings.task_time_limit_s // 2),
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         worker_prefetch_multiplier=1,  # the worker gathers batches from SQL, not from prefetched messages
+        # The child loads the model before it reports for work; Celery's default of 4 s would kill it
+        # mid-load (ResNet152 takes longer, and any model does on a busy machine) again and again.
+        worker_proc_alive_timeout=600,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -72,6 +72,81 @@ def cmd_status(_args) -> None:
     sys.exit(0 if report["ok"] else 1)
 
 
+def _read_password(args) -> str:
+    """From stdin (first line) for scripts, else asked twice at the terminal without echo."""
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"Password for {args.username}: ")
+    if getpass.getpass("Again: ") != first:
+        sys.exit("The two passwords differ; nothing was changed.")
+    return first
+
+
+def _auth_session():
+    from triage.db import Database
+
+    return Database(get_settings().database_url)
+
+
+def cmd_create_admin(args) -> None:
+    """The first admin (or another one): a user with every role's rights."""
+    from triage.audit import record
+    from triage.auth import AuthError, create_user
+    from triage.schema import Role
+
+    password = _read_password(args)
+    db = _auth_session()
+    try:
+        with db.session() as s:
+            user = create_user(s, args.username, password, Role.ADMIN)
+            record(s, "user.create", target=("user", user.id),
+                   details={"username": user.username, "role": user.role, "via": "cli"})
+    except AuthError as exc:
+        sys.exit(str(exc))
+    finally:
+        db.dispose()
+    print(f"admin {args.username!r} created; sign in at the portal")
+
+
+def cmd_create_token(args) -> None:
+    """An API token for an existing user, printed once (only its SHA-256 is stored)."""
+    from sqlalchemy import select
+
+    from triage.audit import record
+    from triage.auth import issue_token
+    from triage.schema import User
+
+    db = _auth_session()
+    try:
+        with db.session() as s:
+            user = s.scalar(select(User).where(User.username == args.username, User.active.is_(True)))
+            if user is None:
+                sys.exit(f"No active user {args.username!r}.")
+            row, token = issue_token(s, user, args.name)
+            record(s, "token.create", target=("api_token", row.id), details={"name": row.name, "via": "cli"})
+    finally:
+        db.dispose()
+    print(token)
+
+
+def cmd_revoke_token(args) -> None:
+    from triage.audit import record
+    from triage.auth import revoke_token
+
+    db = _auth_session()
+    try:
+        with db.session() as s:
+            row = revoke_token(s, args.id)
+            if row is None:
+                sys.exit(f"No live token #{args.id}.")
+            record(s, "token.revoke", target=("api_token", row.id), details={"name": row.name, "via": "cli"})
+    finally:
+        db.dispose()
+    print(f"token #{args.id} revoked")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dermatriage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +159,17 @@ def main(argv: list[str] | None = None) -> None:
         ("status", cmd_status, "database, Redis and queue health, images by status"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
+    admin = sub.add_parser("create-admin", help="create an admin user (the first one, or another)")
+    admin.add_argument("--username", required=True)
+    admin.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    admin.set_defaults(func=cmd_create_admin)
+    token = sub.add_parser("create-token", help="issue an API token for a user and print it once")
+    token.add_argument("--username", required=True)
+    token.add_argument("--name", default="command line", help="what the token is for")
+    token.set_defaults(func=cmd_create_token)
+    revoke = sub.add_parser("revoke-token", help="revoke an API token by its number")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(func=cmd_revoke_token)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from tests.support import (ROOT, RedisServer, WebServer, Worker, create_pg_database, drop_pg_database,
-                           wait_until)
+from tests.support import (PASSWORD, ROOT, RedisServer, WebServer, Worker, create_pg_database, csrf_token,
+                           drop_pg_database, password_hash, wait_until)
+from triage.auth import create_user, issue_token
 from triage.db import Database
 from triage.migrate import upgrade
-from triage.schema import Analysis, Image, ImageStatus
+from triage.schema import Analysis, Image, ImageStatus, Role, User
 from triage.settings import Settings
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -68,7 +69,12 @@ def sqlite_url(tmp_path):
 
 @dataclass
 class Stack:
-    """One system under test: settings, a migrated database, the web app, workers started on demand."""
+    """One system under test: settings, a migrated database, the web app, workers started on demand.
+
+    It starts with one user, `admin` (password `PASSWORD`), and an API token of theirs. `client` sends
+    that token with every request, as a script would; `login()` gives a client signed in with a
+    browser session instead (which must send CSRF tokens with its form posts).
+    """
     settings: Settings
     tmp: Path
     workers: list[Worker] = field(default_factory=list)
@@ -79,8 +85,30 @@ class Stack:
         self.db = Database(self.settings.database_url)
         from web.app import create_app
 
+        with self.db.session() as s:  # a second Stack on the same database finds the admin there
+            self.admin_id = s.scalar(select(User.id).where(User.username == "admin"))
+        self.admin_id = self.admin_id or self.add_user("admin", Role.ADMIN)
+        self.token = self.issue_token("admin")
         self.app = create_app(self.settings)
         self.client = self.app.test_client()
+        self.client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.token}"
+
+    def add_user(self, username: str, role: str, password: str = PASSWORD) -> int:
+        with self.db.session() as s:
+            return create_user(s, username, None, role, password_hash=password_hash(password)).id
+
+    def issue_token(self, username: str, name: str = "tests") -> str:
+        with self.db.session() as s:
+            user = s.query(User).filter_by(username=username).one()
+            return issue_token(s, user, name)[1]
+
+    def login(self, client=None, username: str = "admin", password: str = PASSWORD):
+        """A test client signed in through the sign-in form (CSRF token and all); returns it."""
+        client = client or self.app.test_client()
+        token = csrf_token(client, "/login")
+        response = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+        assert response.status_code == 302, f"sign-in as {username} failed: {response.status_code}"
+        return client
 
     def start_worker(self, name: str | None = None, beat: bool = False, env: dict | None = None,
                      **start) -> Worker:
@@ -93,11 +121,14 @@ class Stack:
         self.web_servers.append(server)
         return server.start()
 
-    def upload(self, files: list[tuple[bytes, str]], batch_id: int | None = None, client=None):
+    def upload(self, files: list[tuple[bytes, str]], batch_id: int | None = None, client=None,
+               token: str | None = None):
+        """Upload through the JSON API with the admin's API token (or `token`)."""
         client = client or self.client
         data = {"files": [(io.BytesIO(content), name) for content, name in files]}
         url = f"/api/batches/{batch_id}/images" if batch_id else "/api/batches"
-        return client.post(url, data=data, content_type="multipart/form-data")
+        return client.post(url, data=data, content_type="multipart/form-data",
+                           headers={"Authorization": f"Bearer {token or self.token}"})
 
     def statuses(self, batch_id: int | None = None) -> dict[int, str]:
         with self.db.session() as s:

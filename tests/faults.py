@@ -58,6 +58,11 @@ class TcpProxy:
 
     def cut(self) -> None:
         if self._listener:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:

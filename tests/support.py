@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,26 @@ from triage.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+PASSWORD = "correct-horse-battery-staple"  # every test user's password unless a test says otherwise
+_HASHES: dict[str, str] = {}
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def password_hash(password: str) -> str:
+    """A password hash computed once per test session: scrypt is slow on purpose, tests need not be."""
+    from triage.auth import hash_password
+
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
+def csrf_token(client, path: str = "/") -> str:
+    """The CSRF token a page's forms carry, for a test client's own session."""
+    page = client.get(path)
+    found = CSRF_FIELD.search(page.get_data(as_text=True))
+    assert found, f"no CSRF token on {path} ({page.status_code})"
+    return found.group(1)
 
 
 def free_port() -> int:
@@ -197,3 +218,62 @@ def drop_pg_database(server_url: str, url: str) -> None:
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+def fake_probabilities(top_class: str, confidence: float = 0.6) -> dict[str, float]:
+    """Probabilities with `top_class` first at `confidence`, the rest shared out unevenly."""
+    from triage.catalogue import SLUGS
+
+    others = [s for s in SLUGS if s != top_class]
+    weights = list(range(len(others), 0, -1))
+    rest = 1.0 - confidence
+    probabilities = {s: rest * w / sum(weights) for s, w in zip(others, weights)}
+    probabilities[top_class] = confidence
+    return probabilities
+
+
+def seed_analysis(db, batch_id: int, *, priority: str = "urgent", top_class: str = "melanoma",
+                  received_at=None, trained: bool = False, model_version: str = "demo-tiny-untrained@test",
+                  name: str | None = None, image_id: int | None = None, heatmap_key: str | None = None,
+                  store_key: str = "0" * 64) -> int:
+    """An image and the worker's analysis of it written straight to SQL (no worker needed); returns
+    the analysis id. With `image_id`, a further analysis of that image (another model version)."""
+    from triage.schema import Analysis, Image, ImageStatus, utcnow
+
+    received_at = received_at or utcnow()
+    probabilities = fake_probabilities(top_class)
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    with db.session() as s:
+        if image_id is None:
+            image = Image(batch_id=batch_id, display_name=name or f"lesion-{uuid.uuid4().hex[:6]}.jpg",
+                          sha256=uuid.uuid4().hex * 2, store_key=store_key, size_bytes=1000, width=640,
+                          height=480, format="JPEG", status=ImageStatus.ANALYSED, attempts=1,
+                          created_at=received_at, updated_at=utcnow())
+            s.add(image)
+            s.flush()
+            image_id = image.id
+        analysis = Analysis(
+            image_id=image_id, model_version=model_version, model_trained=trained, outcome=ImageStatus.ANALYSED,
+            probabilities=probabilities, top_class=top_class, confidence=probabilities[top_class],
+            top3=[list(kv) for kv in ranked[:3]], risk_level={"urgent": "high"}.get(priority, "low"),
+            priority=priority, reasons=[f"Seeded as {priority}."], recommendations=["Seeded advice."],
+            quality={"passed": True, "checks": [
+                {"name": "sharpness", "value": 18.25, "threshold": 6.0, "passed": True, "marginal": False,
+                 "message": "Sharpness is 18 (minimum 6.0).", "bound": "min"},
+                {"name": "max_brightness", "value": 221.0, "threshold": 230.0, "passed": True, "marginal": True,
+                 "message": "Brightness is 221, only just below the maximum of 230.", "bound": "max"}]},
+            thresholds={"malignant_threshold": 0.3, "min_confidence": 0.5, "max_entropy": 0.75},
+            timings={}, heatmap_key=heatmap_key)
+        s.add(analysis)
+        s.flush()
+        return analysis.id
+
+
+def seed_batch(db, name: str = "Seeded") -> int:
+    from triage.schema import Batch
+
+    with db.session() as s:
+        batch = Batch(name=name)
+        s.add(batch)
+        s.flush()
+        return batch.id

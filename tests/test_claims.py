@@ -122,12 +122,21 @@ def test_perceptual_hash_nearest_prefers_the_closest_then_the_oldest():
     assert nearest("0000000000000000", candidates, max_distance=3) is None
 
 
-def test_a_node_takes_back_what_its_own_dead_job_left(db):
+def test_a_node_takes_back_what_its_own_failed_job_left_without_spending_an_attempt(db):
     ids = add_images(db, 1)
     claim(db, ids[0], "n1")
     assert claim(db, ids[0], "n2")[0] == []  # another node must wait for the lease
-    got, _ = claim(db, ids[0], "n1")
-    assert [c.id for c in got] == ids and got[0].attempts == 2
+    for _ in range(5):  # e.g. the database was down each time the job tried to finish
+        got, given_up = claim(db, ids[0], "n1", max_attempts=3)
+        assert [c.id for c in got] == ids and got[0].attempts == 1 and given_up == []
+
+
+def test_release_with_refund_gives_the_attempt_back(db):
+    ids = add_images(db, 1)
+    claim(db, ids[0], "n1")
+    assert claims.release(db, ids, node="n1", error="database down", max_attempts=1, refund=True) == ids
+    image = rows(db)[ids[0]]
+    assert image.status == ImageStatus.QUEUED and image.attempts == 0
 
 
 def test_claim_more_tops_up_with_fresh_images_only(db):

@@ -122,20 +122,21 @@ def test_database_outage_tasks_retry_and_finish(make_stack, pg_server_url):
 
     url = create_pg_database(pg_server_url)
     try:
-        stack = make_stack(url, **FAST)
+        stack = make_stack(url, **{**FAST, "gradcam": True})  # heatmaps make the run last past the cut
         parts = urlsplit(url)
         proxy = TcpProxy(parts.port or 5432, parts.hostname).start()
         via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-        ids = upload_in_requests(stack, small_photos(300))
+        ids = upload_in_requests(stack, small_photos(400))
         worker = Worker(stack.settings.model_copy(update={"database_url": via_proxy}), stack.tmp, beat=True)
         stack.workers.append(worker)
         worker.start()
         wait_until(lambda: analysed_count(stack) >= 10, 120, 0.05, "progress before the outage")
         proxy.cut()
         time.sleep(4)
+        assert analysed_count(stack) < len(ids)  # the outage really fell in the middle of the run
         proxy.start()
         assert_exactly_once(stack, ids, "PostgreSQL cut off for 4 s mid-run", 1)
-        assert "OperationalError" in worker.output()  # the outage really hit the worker
+        assert "OperationalError" in worker.output()  # and the worker really met it
     finally:
         stack.close()
         drop_pg_database(pg_server_url, url)

@@ -57,7 +57,7 @@ def test_upload_analyse_and_read_back(stack):
     page = stack.client.get(f"/batches/{body['batch_id']}").get_data(as_text=True)
     assert len(re.findall(r'<tr id="image-\d+" data-status="analysed"', page)) == 3
     assert "UNTRAINED DEMO MODEL" in page and "not a diagnosis" in page
-    assert 'http-equiv="refresh"' not in page  # a finished batch stops refreshing
+    assert 'http-equiv="refresh"' not in page and "data-poll" not in page  # a finished batch stops polling
     heatmap = stack.client.get(api["images"][0]["analysis"]["heatmap_url"])
     assert heatmap.status_code == 200 and heatmap.mimetype == "image/png"
 

@@ -7,7 +7,7 @@ import redis
 from PIL import Image as PILImage
 
 from tests import imagegen
-from tests.support import free_port
+from tests.support import csrf_token, free_port
 from triage.schema import ImageStatus
 
 
@@ -64,7 +64,8 @@ def test_client_filenames_are_display_names_only(sqlite_stack):
 
 
 def test_limits_give_clear_4xx_and_store_nothing(make_stack, sqlite_url):
-    stack = make_stack(sqlite_url, max_files_per_request=2, max_request_bytes=600_000, max_file_bytes=100_000)
+    # The request limit sits between one 700 kB JPEG (a request that fits) and two 1.5 MB PNGs (one that does not).
+    stack = make_stack(sqlite_url, max_files_per_request=2, max_request_bytes=1_000_000, max_file_bytes=100_000)
     too_many = stack.upload([(imagegen.jpeg(i, 320, 240), f"{i}.jpg") for i in range(3)])
     assert too_many.status_code == 400 and "Too many files" in too_many.get_json()["error"]
     big = imagegen.encode(imagegen.skin_photo(1, 1200, 900), "PNG")
@@ -106,7 +107,12 @@ def test_broker_outage_keeps_rows_received_for_the_reconciler(make_stack, sqlite
 def test_pages_headers_and_errors(stack):
     body = stack.upload([(imagegen.jpeg(1), "a.jpg")]).get_json()
     page = stack.client.get(f"/batches/{body['batch_id']}")
-    assert page.status_code == 200 and 'http-equiv="refresh"' in page.get_data(as_text=True)
+    # An unfinished batch polls its progress from the JSON API (static/batch.js) instead of refreshing.
+    poll = f'data-poll="/api/batches/{body["batch_id"]}?images=0"'
+    assert page.status_code == 200 and poll in page.get_data(as_text=True)
+    progress = stack.client.get(f"/api/batches/{body['batch_id']}?images=0").get_json()
+    assert "images" not in progress and progress["finished"] is False
+    assert progress["progress"] == {"received": 1, "queued": 1, "analysed": 0, "reviewed": 0}
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["X-Frame-Options"] == "DENY"
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
@@ -118,11 +124,25 @@ def test_pages_headers_and_errors(stack):
 
 
 def test_form_upload_shows_the_batch_and_names_rejected_files(sqlite_stack):
-    response = sqlite_stack.client.post("/upload", data={
-        "name": "Clinic A", "files": [(io.BytesIO(imagegen.jpeg(1)), "ok.jpg"),
-                                      (io.BytesIO(b"GIF89a not really"), "anim.gif")]},
+    browser = sqlite_stack.login()  # a signed-in browser session: its form posts carry a CSRF token
+    response = browser.post("/upload", data={
+        "name": "Clinic A", "csrf_token": csrf_token(browser, "/"),
+        "files": [(io.BytesIO(imagegen.jpeg(1)), "ok.jpg"), (io.BytesIO(b"GIF89a not really"), "anim.gif")]},
         content_type="multipart/form-data")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
     assert "Clinic A" in html and "1 accepted" in html and "1 rejected" in html
     assert "anim.gif" in html
+
+
+def test_the_web_app_never_imports_tensorflow():
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    code = ("import sys, web.app, web.auth, web.review, web.exports, web.admin, web.account; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'model')]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

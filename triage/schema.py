@@ -1,7 +1,7 @@
 """The SQL schema. Alembic migrations are generated from, and tested against, this metadata.
 
-Integer surrogate keys everywhere so users, reviews and an audit log can reference batches,
-images and analyses later by foreign key without reshaping these tables.
+Integer surrogate keys everywhere so users, reviews and the audit log reference batches,
+images and analyses by foreign key.
 """
 from __future__ import annotations
 
@@ -37,8 +37,65 @@ class ImageStatus:
     FINAL = (ANALYSED, NEEDS_RESHOOT, FAILED)
 
 
+class Role:
+    """What a user may do; each role includes everything the roles before it may do."""
+    UPLOADER = "uploader"  # upload folders, follow batches, read results
+    REVIEWER = "reviewer"  # work the review queue, decide, export
+    ADMIN = "admin"  # manage users, read the audit log
+    ALL = (UPLOADER, REVIEWER, ADMIN)
+
+    @classmethod
+    def includes(cls, role: str, wanted: str) -> bool:
+        return cls.ALL.index(role) >= cls.ALL.index(wanted)
+
+
+class CaseState:
+    PENDING = "pending"  # awaiting a clinician
+    DECIDED = "decided"  # at least one review recorded
+    SKIPPED = "skipped"  # routine and not drawn for audit: no review required
+    SUPERSEDED = "superseded"  # the image was analysed again by another model version
+    ALL = (PENDING, DECIDED, SKIPPED, SUPERSEDED)
+
+
+class Decision:
+    CONFIRM = "confirm"  # the model's top class is right
+    CHANGE = "change"  # another class is right
+    RESHOOT = "reshoot"  # the photograph cannot be judged: take it again
+    BIOPSY = "biopsy"  # refer for biopsy
+    SPECIALIST = "specialist"  # refer to a specialist
+    ALL = (CONFIRM, CHANGE, RESHOOT, BIOPSY, SPECIALIST)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(f"role IN {Role.ALL!r}", name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    # Users are deactivated, never deleted: reviews and the audit log keep pointing at them.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API. Only its SHA-256 is stored; the token is shown once."""
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))  # the token's first characters, to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Batch(Base):
@@ -47,6 +104,7 @@ class Batch(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # who uploaded
 
     images: Mapped[list["Image"]] = relationship(back_populates="batch", order_by="Image.id")
 
@@ -115,3 +173,64 @@ class Analysis(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="analyses")
+
+
+class ReviewCase(Base):
+    """An analysis's place in the review queue: one row per analysed image and model version.
+
+    The queue's sort key (priority rank, upload time, id) and its filters are copied here from the
+    analysis and image so that a page of the queue is one range scan of one index, however long it is.
+    """
+    __tablename__ = "review_cases"
+    __table_args__ = (
+        CheckConstraint(f"state IN {CaseState.ALL!r}", name="state"),
+        Index("ix_review_cases_queue", "state", "priority_rank", "received_at", "id"),
+        Index("ix_review_cases_batch_queue", "batch_id", "state", "priority_rank", "received_at", "id"),
+        Index("ix_review_cases_class_queue", "top_class", "state", "priority_rank", "received_at", "id"),
+        Index("ix_review_cases_reviewer_queue", "reviewer_id", "state", "priority_rank", "received_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), unique=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    priority: Mapped[str] = mapped_column(String(10))
+    priority_rank: Mapped[int] = mapped_column(Integer)  # 0 urgent, 1 review, 2 routine
+    top_class: Mapped[str | None] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(DateTime)  # when the image was uploaded: its age
+    state: Mapped[str] = mapped_column(String(12))
+    audit_sample: Mapped[bool] = mapped_column(Boolean, default=False)  # routine, drawn for audit
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # of the latest decision
+    decision: Mapped[str | None] = mapped_column(String(20))  # the latest decision
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Review(Base):
+    """A clinician's decision on an analysis. Kept beside the model's output, never over it;
+    a later decision on the same analysis is a new row, so the history stays."""
+    __tablename__ = "reviews"
+    __table_args__ = (CheckConstraint(f"decision IN {Decision.ALL!r}", name="decision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(20))
+    diagnosis: Mapped[str | None] = mapped_column(String(40))  # the class the reviewer settles on, if any
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only: who did what and when. The app only inserts; the database refuses updates and
+    deletes (triggers in migration 0002)."""
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)  # None: the system
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target_type: Mapped[str | None] = mapped_column(String(20))
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    ip: Mapped[str | None] = mapped_column(String(45))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,16 @@ class Settings(BaseSettings):
                                 description="Largest number of images in one forward pass.")
     batch_max_wait_ms: int = Field(20, validation_alias=_env("DERMATRIAGE_BATCH_MAX_WAIT_MS"),
                                    description="Longest wait for a part-filled batch to fill before it runs.")
+    decode_threads: int = Field(2, ge=0, validation_alias=_env("DERMATRIAGE_DECODE_THREADS"),
+                                description="Threads that decode, check and resize a batch's images side by side "
+                                            "(0 = one after another in the job's own thread).")
+    prefetch: bool = Field(True, validation_alias=_env("DERMATRIAGE_PREFETCH"),
+                           description="While a forward pass runs, claim and prepare the next batch and write the "
+                                       "last one, so the network never waits for the CPU or the database.")
+    precision: Literal["float32", "bfloat16", "mixed_float16"] = Field(
+        "float32", validation_alias=_env("DERMATRIAGE_PRECISION"),
+        description="Arithmetic of the forward pass: `bfloat16` on CPUs with AVX512-BF16 or AMX, "
+                    "`mixed_float16` on GPUs; results differ slightly from float32 (see Throughput).")
     task_time_limit_s: int = Field(300, validation_alias=_env("DERMATRIAGE_TASK_TIME_LIMIT_S"),
                                    description="Hard time limit of one analysis job (kept well under the visibility timeout).")
     visibility_timeout_s: int = Field(1200, validation_alias=_env("DERMATRIAGE_VISIBILITY_TIMEOUT_S"),

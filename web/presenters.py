@@ -4,11 +4,12 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from triage.catalogue import BY_SLUG, DISCLAIMER, UNTRAINED_WARNING
-from triage.schema import Batch, Image, ImageStatus
+from triage.catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING
+from triage.reviews import reviews_of
+from triage.schema import Analysis, Batch, CaseState, Image, ImageStatus, ReviewCase, User
 
 
-def image_dict(image: Image) -> dict:
+def image_dict(image: Image, reviews: dict[int, list[dict]] | None = None) -> dict:
     analysis = image.analyses[-1] if image.analyses else None
     out = {
         "id": image.id,
@@ -48,39 +49,87 @@ def image_dict(image: Image) -> dict:
         }
         if not analysis.model_trained:
             out["analysis"]["warning"] = UNTRAINED_WARNING
+        if analysis.outcome == ImageStatus.ANALYSED:
+            out["analysis"]["case_url"] = f"/review/{analysis.id}"
+        history = (reviews or {}).get(analysis.id, [])
+        out["review"] = history[-1] if history else None  # the latest decision; the model's output stays
     return out
 
 
-def batch_dict(session, batch_id: int) -> dict | None:
+def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
+    """A batch with its counts and progress; `with_images=False` leaves out the per-image rows (the
+    batch page's poller asks for that every few seconds)."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
-    images = session.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.id)
-                             .options(selectinload(Image.analyses))).all()
     counts = {status: 0 for status in ImageStatus.ALL}
-    for image in images:
-        counts[image.status] += 1
-    rows = [image_dict(i) for i in images]
-    untrained = any(r["analysis"] and not r["analysis"]["model_trained"] for r in rows)
+    counts.update(session.execute(select(Image.status, func.count()).where(Image.batch_id == batch_id)
+                                  .group_by(Image.status)).all())
+    total = sum(counts.values())
     done = sum(counts[s] for s in ImageStatus.FINAL)
-    return {
+    reviewed = session.scalar(select(func.count()).select_from(ReviewCase)
+                              .where(ReviewCase.batch_id == batch_id, ReviewCase.state == CaseState.DECIDED))
+    out = {
         "id": batch.id,
         "name": batch.name,
         "created_at": batch.created_at.isoformat() + "Z",
         "counts": counts,
-        "total": len(images),
+        "total": total,
         "done": done,
-        "finished": done == len(images),
+        "finished": done == total,
+        # The funnel each image goes through: stored, handed to the queue, analysed (or stopped by the
+        # quality gate, or failed), and decided by a clinician.
+        "progress": {"received": total, "queued": total - counts[ImageStatus.RECEIVED], "analysed": done,
+                     "reviewed": reviewed},
         "disclaimer": DISCLAIMER,
-        "warning": UNTRAINED_WARNING if untrained else None,
+        "warning": None,
         "url": f"/batches/{batch.id}",
-        "images": rows,
     }
+    untrained = session.scalar(select(Analysis.id).join(Image, Image.id == Analysis.image_id)
+                               .where(Image.batch_id == batch_id, Analysis.model_trained.is_(False)).limit(1))
+    if untrained is not None:
+        out["warning"] = UNTRAINED_WARNING
+    if with_images:
+        images = session.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.id)
+                                 .options(selectinload(Image.analyses))).all()
+        reviews = reviews_of(session, [a.id for i in images for a in i.analyses])
+        out["images"] = [image_dict(i, reviews) for i in images]
+    return out
 
 
 def recent_batches(session, limit: int = 20) -> list[dict]:
     rows = session.execute(
-        select(Batch.id, Batch.name, Batch.created_at, func.count(Image.id))
-        .outerjoin(Image, Image.batch_id == Batch.id).group_by(Batch.id)
-        .order_by(Batch.id.desc()).limit(limit)).all()
-    return [{"id": r[0], "name": r[1], "created_at": r[2], "images": r[3]} for r in rows]
+        select(Batch.id, Batch.name, Batch.created_at, func.count(Image.id), User.username)
+        .outerjoin(Image, Image.batch_id == Batch.id).outerjoin(User, User.id == Batch.created_by_id)
+        .group_by(Batch.id, User.username).order_by(Batch.id.desc()).limit(limit)).all()
+    return [{"id": r[0], "name": r[1], "created_at": r[2], "images": r[3], "uploader": r[4]} for r in rows]
+
+
+def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
+    """What the case page shows: the image and the model's output, every number with its context."""
+    probabilities = analysis.probabilities or {}
+    top3 = {slug for slug, _ in analysis.top3 or []}
+    bars = [{"slug": c.slug, "name": c.display_name, "p": probabilities.get(c.slug, 0.0),
+             "width": round(100 * probabilities.get(c.slug, 0.0), 2), "top3": c.slug in top3,
+             "top": c.slug == analysis.top_class} for c in CLASSES]
+    bars.sort(key=lambda b: -b["p"])
+    return {
+        "analysis_id": analysis.id, "image_id": image.id, "image_name": image.display_name,
+        "width": image.width, "height": image.height,
+        "batch_id": batch.id, "batch_name": batch.name, "received_at": image.created_at,
+        "file_url": f"/images/{image.id}/file",
+        "heatmap_url": f"/images/{image.id}/heatmap" if analysis.heatmap_key else None,
+        "near_duplicate_of": image.near_duplicate_of_id,
+        "model_version": analysis.model_version, "model_trained": analysis.model_trained,
+        "top_class": analysis.top_class,
+        "top_class_name": BY_SLUG[analysis.top_class].display_name if analysis.top_class in BY_SLUG else None,
+        "confidence": analysis.confidence,
+        "top3": [(BY_SLUG[s].display_name, p) for s, p in analysis.top3 or []],
+        "bars": bars, "risk_level": analysis.risk_level, "priority": analysis.priority,
+        "reasons": analysis.reasons, "recommendations": analysis.recommendations,
+        "quality_checks": (analysis.quality or {}).get("checks", []),
+        "quality_passed": (analysis.quality or {}).get("passed"),
+        "thresholds": analysis.thresholds or {},
+        "state": case.state, "audit_sample": case.audit_sample, "history": history,
+        "warning": None if analysis.model_trained else UNTRAINED_WARNING,
+    }

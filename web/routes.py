@@ -4,10 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
 
 from triage.catalogue import BY_SLUG, DISCLAIMER
 from triage.schema import Analysis, Batch, Image
 
+from .auth import audit
 from .health import health_report
 from .ingest import ingest
 from .presenters import batch_dict, recent_batches
@@ -20,7 +22,7 @@ MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 def _new_batch(name: str | None) -> int:
     name = (name or "").strip()[:200] or datetime.utcnow().strftime("Batch %Y-%m-%d %H:%M:%S")
     with services().db.session() as s:
-        batch = Batch(name=name)
+        batch = Batch(name=name, created_by_id=current_user.id)
         s.add(batch)
         s.flush()
         return batch.id
@@ -46,6 +48,8 @@ def _upload(batch_id: int | None):
     results = [r.as_dict() for r in ingest(services(), batch_id, files)]
     summary = {status: sum(1 for r in results if r["status"] == status)
                for status in ("accepted", "duplicate", "rejected")}
+    with services().db.session() as s:
+        audit(s, "batch.upload", ("batch", batch_id), **summary)
     return {"batch_id": batch_id, "batch_url": f"/batches/{batch_id}", "api_url": f"/api/batches/{batch_id}",
             "files": results, **summary}, None
 
@@ -98,7 +102,7 @@ def api_add_images(batch_id: int):
 @bp.get("/api/batches/<int:batch_id>")
 def api_batch(batch_id: int):
     with services().db.session() as s:
-        batch = batch_dict(s, batch_id)
+        batch = batch_dict(s, batch_id, with_images=request.args.get("images") != "0")
     if batch is None:
         return jsonify(error=f"Batch {batch_id} does not exist."), 404
     return jsonify(batch)

@@ -41,10 +41,17 @@ def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_at
     """
     now = utcnow()
     with db.session() as s:
-        first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts)
+        first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts, Image.claimed_by,
+                                          Image.lease_expires_at)
                                 .where(Image.id == image_id, _claimable(now, node)))).first()
         if first is None:
             return [], []
+        if first.claimed_by == node and first.lease_expires_at and first.lease_expires_at >= now:
+            # Still held, under a live lease, by this node: its last job failed on the database or the
+            # broker before it could hand the image back. Not the image's fault: no attempt is spent.
+            s.execute(update(Image).where(Image.id == first.id)
+                      .values(lease_expires_at=now + timedelta(seconds=lease_s)))
+            return [Claimed(first.id, first.store_key, first.attempts)], []
         rows = [first]
         if first.attempts == 0 and limit > 1:
             rows += s.execute(_fresh(s, limit - 1, exclude=image_id)).all()
@@ -89,18 +96,23 @@ def _lock(session, stmt):
     return stmt
 
 
-def release(db: Database, ids: list[int], *, node: str, error: str, max_attempts: int) -> list[int]:
+def release(db: Database, ids: list[int], *, node: str, error: str, max_attempts: int,
+            refund: bool = False) -> list[int]:
     """Hand claimed images back after an error: to the queue again, or failed when out of attempts.
 
-    Returns the ids that went back to the queue (the caller re-enqueues them).
+    `refund` gives the attempt back when the error was the infrastructure's (database, broker), not
+    the image's. Returns the ids that went back to the queue (the caller re-enqueues them).
     """
     if not ids:
         return []
     with db.session() as s:
         mine = and_(Image.id.in_(ids), Image.status == ImageStatus.PROCESSING, Image.claimed_by == node)
-        s.execute(update(Image).where(mine, Image.attempts >= max_attempts).values(
-            status=ImageStatus.FAILED, error=f"Failed after {max_attempts} attempts: {error}",
-            lease_expires_at=None, claimed_by=None))
+        if refund:
+            s.execute(update(Image).where(mine, Image.attempts > 0).values(attempts=Image.attempts - 1))
+        else:
+            s.execute(update(Image).where(mine, Image.attempts >= max_attempts).values(
+                status=ImageStatus.FAILED, error=f"Failed after {max_attempts} attempts: {error}",
+                lease_expires_at=None, claimed_by=None))
         back = s.scalars(select(Image.id).where(mine)).all()
         s.execute(update(Image).where(Image.id.in_(back)).values(
             status=ImageStatus.QUEUED, error=error, lease_expires_at=None, claimed_by=None))

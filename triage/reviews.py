@@ -1,0 +1,308 @@
+"""The review queue and clinicians' decisions.
+
+Analyses are written by the worker; the queue is a table of its own (review_cases) so that each page
+is one range scan of an index ordered like the queue: priority (urgent, review, routine), then the
+image's upload time, then id. `sync_cases` adds a case for every analysed image that has none yet;
+routine cases are drawn into the queue at random (the audit share), the rest are marked skipped.
+Pages are found by seeking past the last key seen (keyset pagination), never by OFFSET or a count.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, func, select, tuple_, update
+
+from .catalogue import BY_SLUG
+from .risk import REVIEW, ROUTINE, URGENT
+from .schema import (Analysis, Batch, CaseState, Decision, Image, ImageStatus, Review, ReviewCase, User,
+                     utcnow)
+
+PRIORITY_RANK = {URGENT: 0, REVIEW: 1, ROUTINE: 2}
+PAGE_SIZE = 50
+MAX_NOTE = 4000
+CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound parameters
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be recorded as sent; the message says why."""
+
+
+# --- keeping the queue in step with the analyses ---------------------------------------------------
+
+def _insert(session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def sync_cases(session, settings, draw=random.random) -> int:
+    """Give every analysed image's analysis a case; returns how many new analyses it found.
+
+    Cheap enough for every queue page: it looks only at analyses above the newest one with a case,
+    plus images whose status changed since the last cases were added (minus the longest a worker's
+    transaction can stay open: the task time limit), which catches analyses committed out of id order.
+    Two web processes syncing at once both insert; the unique analysis_id keeps one.
+    """
+    newest = session.scalar(select(func.max(ReviewCase.analysis_id)))  # the unique index's last entry
+    # The newest case row, by primary key: its time is when cases were last added (no index needed).
+    last_added = session.scalar(select(ReviewCase.created_at).order_by(ReviewCase.id.desc()).limit(1))
+    no_case = ~exists().where(ReviewCase.analysis_id == Analysis.id)
+    base = (select(Analysis.id, Analysis.image_id, Analysis.priority, Analysis.top_class,
+                   Image.batch_id, Image.created_at)
+            .join(Image, Image.id == Analysis.image_id)
+            .where(Analysis.outcome == ImageStatus.ANALYSED, no_case))
+    rows = session.execute(base.where(Analysis.id > (newest or 0))).all()
+    if last_added is not None:
+        since = last_added - timedelta(seconds=settings.task_time_limit_s + 60)
+        rows += session.execute(base.where(Analysis.id <= newest, Image.status == ImageStatus.ANALYSED,
+                                           Image.updated_at >= since)).all()
+    if not rows:
+        return 0
+    now = utcnow()
+    values = [_case_values(row, settings.review_audit_share, draw, now) for row in rows]
+    insert = _insert(session)(ReviewCase.__table__).on_conflict_do_nothing(index_elements=["analysis_id"])
+    session.connection().execute(insert, values)  # executemany: batched by the driver, any number of rows
+    image_ids = sorted({row[1] for row in rows})
+    for start in range(0, len(image_ids), CHUNK):
+        _supersede_older(session, image_ids[start:start + CHUNK])
+    return len(values)
+
+
+def _case_values(row, audit_share: float, draw, now: datetime) -> dict:
+    analysis_id, image_id, priority, top_class, batch_id, received_at = row
+    sampled = priority == ROUTINE and draw() < audit_share
+    state = CaseState.SKIPPED if priority == ROUTINE and not sampled else CaseState.PENDING
+    return dict(analysis_id=analysis_id, image_id=image_id, batch_id=batch_id, priority=priority,
+                priority_rank=PRIORITY_RANK.get(priority, len(PRIORITY_RANK)), top_class=top_class,
+                received_at=received_at, state=state, audit_sample=sampled, created_at=now)
+
+
+def _supersede_older(session, image_ids: list[int]) -> None:
+    """An image analysed again (another model version) is reviewed once, on its newest analysis."""
+    newest = (select(ReviewCase.image_id, func.max(ReviewCase.analysis_id).label("newest"))
+              .where(ReviewCase.image_id.in_(image_ids)).group_by(ReviewCase.image_id).subquery())
+    stale = select(ReviewCase.id).join(newest, and_(newest.c.image_id == ReviewCase.image_id,
+                                                    ReviewCase.analysis_id < newest.c.newest))
+    session.execute(update(ReviewCase).where(ReviewCase.id.in_(stale), ReviewCase.state == CaseState.PENDING)
+                    .values(state=CaseState.SUPERSEDED))
+
+
+def case_for(session, settings, analysis_id: int) -> ReviewCase | None:
+    case = session.scalar(select(ReviewCase).where(ReviewCase.analysis_id == analysis_id))
+    if case is None:
+        sync_cases(session, settings)
+        case = session.scalar(select(ReviewCase).where(ReviewCase.analysis_id == analysis_id))
+    return case
+
+
+# --- reading the queue ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueFilter:
+    state: str = CaseState.PENDING
+    batch_id: int | None = None
+    top_class: str | None = None
+    priority: str | None = None
+    reviewer_id: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "QueueFilter":
+        """From a query string; unknown or malformed values are ignored rather than refused."""
+        def number(name):
+            value = (args.get(name) or "").strip()
+            return int(value) if value.isdigit() else None
+
+        state = args.get("status") or CaseState.PENDING
+        top_class = args.get("class") or None
+        priority = args.get("priority") or None
+        return cls(state=state if state in CaseState.ALL else CaseState.PENDING,
+                   batch_id=number("batch"),
+                   top_class=top_class if top_class in BY_SLUG else None,
+                   priority=priority if priority in PRIORITY_RANK else None,
+                   reviewer_id=number("reviewer"))
+
+    def as_args(self) -> dict:
+        """The query string that gives this filter back (defaults left out)."""
+        args = {"status": self.state if self.state != CaseState.PENDING else None, "batch": self.batch_id,
+                "class": self.top_class, "priority": self.priority, "reviewer": self.reviewer_id}
+        return {k: v for k, v in args.items() if v is not None}
+
+    def conditions(self) -> list:
+        found = [ReviewCase.state == self.state]
+        if self.batch_id is not None:
+            found.append(ReviewCase.batch_id == self.batch_id)
+        if self.top_class is not None:
+            found.append(ReviewCase.top_class == self.top_class)
+        if self.priority is not None:
+            found.append(ReviewCase.priority_rank == PRIORITY_RANK[self.priority])
+        if self.reviewer_id is not None:
+            found.append(ReviewCase.reviewer_id == self.reviewer_id)
+        return found
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the queue's order: (priority rank, upload time, case id)."""
+    rank: int
+    received_at: datetime
+    case_id: int
+
+    def encode(self) -> str:
+        return f"{self.rank}.{self.received_at.strftime('%Y%m%d%H%M%S%f')}.{self.case_id}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> "Cursor | None":
+        try:
+            rank, at, case_id = (text or "").split(".")
+            return cls(int(rank), datetime.strptime(at, "%Y%m%d%H%M%S%f"), int(case_id))
+        except ValueError:
+            return None
+
+    @classmethod
+    def of(cls, case: ReviewCase) -> "Cursor":
+        return cls(case.priority_rank, case.received_at, case.id)
+
+    def key(self):
+        return tuple_(self.rank, self.received_at, self.case_id)
+
+
+QUEUE_KEY = tuple_(ReviewCase.priority_rank, ReviewCase.received_at, ReviewCase.id)
+QUEUE_ORDER = (ReviewCase.priority_rank, ReviewCase.received_at, ReviewCase.id)
+
+
+@dataclass
+class QueuePage:
+    rows: list[dict]
+    next_cursor: str | None = None  # where the following page starts (after)
+    prev_cursor: str | None = None  # where the preceding page ends (before)
+    filter: QueueFilter = field(default_factory=QueueFilter)
+
+
+def _seek(flt: QueueFilter, *, after: Cursor | None = None, before: Cursor | None = None):
+    query = select(ReviewCase.id).where(*flt.conditions())
+    if after is not None:
+        query = query.where(QUEUE_KEY > after.key())
+    if before is not None:
+        query = query.where(QUEUE_KEY < before.key())
+    return query
+
+
+def queue_page(session, flt: QueueFilter, *, after: Cursor | None = None, before: Cursor | None = None,
+               size: int = PAGE_SIZE) -> QueuePage:
+    """One page of the queue, in queue order. With `before`, the page that ends just before it."""
+    backwards = before is not None and after is None
+    order = [c.desc() for c in QUEUE_ORDER] if backwards else list(QUEUE_ORDER)
+    ids = session.scalars(_seek(flt, after=after, before=before if backwards else None)
+                          .order_by(*order).limit(size + 1)).all()
+    more = len(ids) > size
+    ids = ids[:size]
+    if backwards:
+        ids.reverse()
+    cases = _case_rows(session, ids)
+    page = QueuePage(rows=cases, filter=flt)
+    # Coming back from a later page, there is a later page; going forward from a cursor, an earlier one.
+    has_prev, has_next = (more, True) if backwards else (after is not None, more)
+    if cases:
+        page.prev_cursor = cases[0]["cursor"] if has_prev else None
+        page.next_cursor = cases[-1]["cursor"] if has_next else None
+    return page
+
+
+def _case_rows(session, ids: list[int]) -> list[dict]:
+    """The queue's rows for these case ids, in the given order: a page's worth of primary-key lookups."""
+    if not ids:
+        return []
+    found = session.execute(
+        select(ReviewCase, Image.display_name, Batch.name, Analysis.confidence, Analysis.model_trained,
+               User.username)
+        .join(Image, Image.id == ReviewCase.image_id).join(Batch, Batch.id == ReviewCase.batch_id)
+        .join(Analysis, Analysis.id == ReviewCase.analysis_id)
+        .outerjoin(User, User.id == ReviewCase.reviewer_id)
+        .where(ReviewCase.id.in_(ids))).all()
+    by_id = {row[0].id: row for row in found}
+    rows = []
+    for case_id in ids:
+        case, image_name, batch_name, confidence, trained, reviewer = by_id[case_id]
+        rows.append({
+            "case_id": case.id, "analysis_id": case.analysis_id, "image_id": case.image_id,
+            "batch_id": case.batch_id, "batch_name": batch_name, "image_name": image_name,
+            "priority": case.priority, "top_class": case.top_class,
+            "top_class_name": BY_SLUG[case.top_class].display_name if case.top_class in BY_SLUG else None,
+            "confidence": confidence, "model_trained": trained, "received_at": case.received_at,
+            "state": case.state, "audit_sample": case.audit_sample, "decision": case.decision,
+            "reviewer": reviewer, "decided_at": case.decided_at, "cursor": Cursor.of(case).encode(),
+        })
+    return rows
+
+
+def neighbour(session, flt: QueueFilter, case: ReviewCase, forward: bool = True) -> ReviewCase | None:
+    """The case after (or before) `case` in the filtered queue. Going forward wraps round to the start,
+    so cases skipped earlier are offered again before the queue reports empty."""
+    here = Cursor.of(case)
+    if forward:
+        query = _seek(flt, after=here).order_by(*QUEUE_ORDER)
+        found = session.scalar(query.limit(1)) or session.scalar(
+            _seek(flt).where(ReviewCase.id != case.id).order_by(*QUEUE_ORDER).limit(1))
+    else:
+        found = session.scalar(_seek(flt, before=here).order_by(*[c.desc() for c in QUEUE_ORDER]).limit(1))
+    return session.get(ReviewCase, found) if found is not None else None
+
+
+# --- decisions -----------------------------------------------------------------------------------
+
+def decide(session, settings, analysis_id: int, reviewer_id: int, decision: str,
+           diagnosis: str | None = None, note: str | None = None) -> Review:
+    """Record a clinician's decision beside the model's output (which is never changed)."""
+    analysis = session.get(Analysis, analysis_id)
+    if analysis is None or analysis.outcome != ImageStatus.ANALYSED:
+        raise DecisionError("Only an analysed image can be reviewed.")
+    diagnosis = _diagnosis_for(decision, diagnosis or None, analysis.top_class)
+    note = (note or "").strip()
+    if len(note) > MAX_NOTE:
+        raise DecisionError(f"The note is longer than {MAX_NOTE} characters.")
+    case = case_for(session, settings, analysis_id)
+    review = Review(analysis_id=analysis_id, reviewer_id=reviewer_id, decision=decision,
+                    diagnosis=diagnosis, note=note or None)
+    session.add(review)
+    session.flush()
+    case.state, case.reviewer_id, case.decision, case.decided_at = (
+        CaseState.DECIDED, reviewer_id, decision, review.created_at)
+    return review
+
+
+def _diagnosis_for(decision: str, diagnosis: str | None, model_class: str | None) -> str | None:
+    if decision not in Decision.ALL:
+        raise DecisionError(f"Unknown decision {decision!r}.")
+    if diagnosis is not None and diagnosis not in BY_SLUG:
+        raise DecisionError(f"Unknown class {diagnosis!r}.")
+    if decision == Decision.CONFIRM:
+        return model_class
+    if decision == Decision.CHANGE:
+        if diagnosis is None or diagnosis == model_class:
+            raise DecisionError("To change the diagnosis, choose a class other than the model's.")
+        return diagnosis
+    if decision == Decision.RESHOOT:
+        return None
+    return diagnosis  # a referral may name the suspected class, or not
+
+
+def reviews_of(session, analysis_ids: list[int]) -> dict[int, list[dict]]:
+    """Every decision on these analyses, oldest first, with the reviewer's name."""
+    if not analysis_ids:
+        return {}
+    found: dict[int, list[dict]] = {}
+    rows = session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
+                           .where(Review.analysis_id.in_(analysis_ids)).order_by(Review.id)).all()
+    for review, username in rows:
+        found.setdefault(review.analysis_id, []).append(review_dict(review, username))
+    return found
+
+
+def review_dict(review: Review, username: str) -> dict:
+    return {"id": review.id, "decision": review.decision, "diagnosis": review.diagnosis,
+            "diagnosis_name": BY_SLUG[review.diagnosis].display_name if review.diagnosis in BY_SLUG else None,
+            "note": review.note, "reviewer": username, "created_at": review.created_at.isoformat() + "Z"}

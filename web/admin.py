@@ -1,0 +1,107 @@
+"""Administration: users and the audit log. Admins only, and only from a signed-in browser session."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from triage.auth import AuthError, active_admins, create_user, hash_password
+from triage.schema import AuditEvent, Role, User
+
+from .auth import audit, requires
+from .services import services
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+AUDIT_PAGE = 100
+
+
+@bp.before_request
+@requires(Role.ADMIN)
+def _admins_in_person():
+    if current_user.via_token:
+        abort(403, "User administration needs a signed-in browser session, not an API token.")
+
+
+def _users_page(status: int = 200, **extra):
+    with services().db.session() as s:
+        users = s.scalars(select(User).order_by(User.username)).all()
+    return render_template("admin_users.html", users=users, roles=Role.ALL, **extra), status
+
+
+@bp.get("/users")
+def users():
+    return _users_page()
+
+
+@bp.post("/users")
+def create():
+    form = request.form
+    try:
+        with services().db.session() as s:
+            user = create_user(s, form.get("username") or "", form.get("password") or "", form.get("role") or "")
+            audit(s, "user.create", ("user", user.id), username=user.username, role=user.role)
+    except AuthError as exc:
+        return _users_page(400, error=str(exc))
+    return redirect(url_for("admin.users"))
+
+
+@bp.post("/users/<int:user_id>")
+def update(user_id: int):
+    """Change a user's role, switch them off or on, or set a new password."""
+    form = request.form
+    try:
+        with services().db.session() as s:
+            user = s.get(User, user_id)
+            if user is None:
+                abort(404)
+            changes = _apply(user, form)
+            s.flush()
+            if active_admins(s) == 0:  # rolled back: someone must be able to manage users
+                raise AuthError("That would leave no active admin.")
+            if changes:
+                audit(s, "user.update", ("user", user.id), username=user.username, **changes)
+    except AuthError as exc:
+        return _users_page(400, error=str(exc))
+    return redirect(url_for("admin.users"))
+
+
+def _apply(user: User, form) -> dict:
+    changes = {}
+    role = form.get("role")
+    if role and role != user.role:
+        if role not in Role.ALL:
+            raise AuthError(f"Unknown role {role!r}.")
+        changes["role"] = {"from": user.role, "to": role}
+        user.role = role
+    if "active" in form:
+        active = form["active"] == "1"
+        if active != user.active:
+            changes["active"] = {"from": user.active, "to": active}
+            user.active = active
+    if form.get("password"):
+        user.password_hash = hash_password(form["password"])
+        changes["password_reset"] = True  # never the password itself
+    return changes
+
+
+@bp.get("/audit")
+def audit_log():
+    """Newest first, a page at a time by id (no counting); filter by action and by user."""
+    action = (request.args.get("action") or "").strip() or None
+    actor = request.args.get("actor", "")
+    before = request.args.get("before", "")
+    query = select(AuditEvent, User.username).outerjoin(User, User.id == AuditEvent.actor_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if actor.isdigit():
+        query = query.where(AuditEvent.actor_id == int(actor))
+    if before.isdigit():
+        query = query.where(AuditEvent.id < int(before))
+    with services().db.session() as s:
+        rows = s.execute(query.order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE + 1)).all()
+        users = s.execute(select(User.id, User.username).order_by(User.username)).all()
+    more = len(rows) > AUDIT_PAGE
+    rows = rows[:AUDIT_PAGE]
+    older = rows[-1][0].id if more else None
+    return render_template("admin_audit.html", rows=rows, users=users, action=action,
+                           actor=int(actor) if actor.isdigit() else None, older=older)

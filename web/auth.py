@@ -1,0 +1,212 @@
+"""Who is asking: sign-in, browser sessions, API tokens, roles, CSRF and the sign-in rate limit.
+
+Every endpoint needs a signed-in user except the few in PUBLIC_ENDPOINTS, so a new page is protected
+without anyone remembering to protect it. A browser signs in with a password and gets a session
+cookie; a script sends `Authorization: Bearer <token>`. Form posts from a session must carry a CSRF
+token; requests authenticated by a bearer token cannot be forged by another site, so they need none.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import wraps
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request, session,
+                   url_for)
+from flask.logging import default_handler
+from flask.sessions import SecureCookieSessionInterface
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager, UserMixin, current_user, login_user
+from flask_wtf.csrf import CSRFProtect
+
+from triage.audit import record
+from triage.auth import authenticate, session_key, user_for_session_key, user_for_token
+from triage.schema import Role, User, utcnow
+
+from .services import services
+
+bp = Blueprint("auth", __name__)  # the sign-in page alone: its rate limit applies to the whole blueprint
+PUBLIC_ENDPOINTS = {"auth.login", "portal.health", "static"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass
+class CurrentUser(UserMixin):
+    """The signed-in user for one request: plain values, so no database session has to stay open."""
+    id: int
+    username: str
+    role: str
+    key: str  # what the session cookie names (see triage.auth.session_key)
+    via_token: bool = False
+
+    @classmethod
+    def of(cls, user: User, via_token: bool = False) -> "CurrentUser":
+        return cls(user.id, user.username, user.role, session_key(user), via_token)
+
+    def get_id(self) -> str:
+        return self.key
+
+    def can(self, role: str) -> bool:
+        return Role.includes(self.role, role)
+
+
+def bearer_token(req) -> str | None:
+    scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class TokenAwareSessionInterface(SecureCookieSessionInterface):
+    """A request that authenticates with a bearer token has no cookie session: its cookie (if any) is
+    not read and no cookie is set, so token and session authentication never mix."""
+
+    def open_session(self, app, request):
+        if bearer_token(request):
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response):
+        if bearer_token(request):
+            return
+        super().save_session(app, session, response)
+
+
+def init_auth(app: Flask, settings) -> None:
+    app.session_interface = TokenAwareSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="dermatriage_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.production,  # production runs behind HTTPS
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked in _gate, which knows how the request authenticated
+        WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session: a case page may stay open for hours
+    )
+    manager = LoginManager(app)
+    manager.user_loader(_user_from_session)
+    manager.request_loader(_user_from_token)
+    CSRFProtect(app)
+    app.extensions["dermatriage_limiter"] = _limiter(app, settings)
+    app.before_request(_gate)
+    app.register_blueprint(bp)
+
+
+def _limiter(app: Flask, settings) -> Limiter:
+    """Failed sign-ins counted per client address and per username, in the Redis every web worker
+    shares. If Redis is unreachable the limit is skipped with a logged error: sign-in must keep working."""
+    # Flask-Limiter logs a swallowed storage error on its own logger, which has only a NullHandler:
+    # route it to the server's error stream so an outage is seen.
+    limiter_log = logging.getLogger("flask-limiter")
+    if default_handler not in limiter_log.handlers:
+        limiter_log.addHandler(default_handler)
+    prefix = "dermatriage-login:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
+    limiter = Limiter(get_remote_address, app=app, storage_uri=settings.redis_url, key_prefix=prefix,
+                      storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+                      swallow_errors=True, headers_enabled=False, default_limits=[])
+
+    def failed(response) -> bool:
+        return response.status_code == 401
+
+    def username() -> str:
+        return "user:" + (request.form.get("username") or "").strip().lower()[:80]
+
+    for key in (get_remote_address, username):
+        limiter.limit(settings.login_rate_limit, key_func=key, methods=["POST"], deduct_when=failed,
+                      per_method=True)(bp)
+    return limiter
+
+
+def _user_from_session(key: str) -> CurrentUser | None:
+    with services().db.session() as s:
+        user = user_for_session_key(s, key)
+        return CurrentUser.of(user) if user else None
+
+
+def _user_from_token(req) -> CurrentUser | None:
+    token = bearer_token(req)
+    if not token:
+        return None
+    with services().db.session() as s:
+        user = user_for_token(s, token)
+        return CurrentUser.of(user, via_token=True) if user else None
+
+
+def _wants_json() -> bool:
+    return (request.path.startswith("/api/") or bearer_token(request) is not None
+            or request.accept_mimetypes.best == "application/json")
+
+
+def _gate():
+    """Runs before every view: authentication first, then CSRF for state-changing browser requests."""
+    if request.endpoint not in PUBLIC_ENDPOINTS and not current_user.is_authenticated:
+        if _wants_json():
+            response = jsonify(error="Sign in, or send an API token as `Authorization: Bearer <token>`.")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    if request.method not in SAFE_METHODS and not getattr(current_user, "via_token", False):
+        current_app.extensions["csrf"].protect()
+
+
+def requires(role: str):
+    """Only users whose role includes `role` get past; others get 403."""
+    def decorate(view):
+        @wraps(view)
+        def guarded(*args, **kwargs):
+            if not current_user.can(role):
+                abort(403, f"This needs the {role} role.")
+            return view(*args, **kwargs)
+        return guarded
+    return decorate
+
+
+def client_ip() -> str | None:
+    return (request.remote_addr or "")[:45] or None
+
+
+def audit(session, action: str, target: tuple[str, int] | None = None, **details) -> None:
+    """An audit event by the current user, in `session`'s transaction."""
+    actor = current_user.id if current_user.is_authenticated else None
+    if getattr(current_user, "via_token", False):
+        details.setdefault("via", "token")
+    record(session, action, actor_id=actor, target=target, details=details, ip=client_ip())
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: an open redirect would let a phishing link borrow our sign-in page."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    next_url = _safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if current_user.is_authenticated:
+            return redirect(next_url)
+        return render_template("login.html", next=next_url)
+    username = (request.form.get("username") or "").strip()[:80]
+    password = request.form.get("password") or ""
+    with services().db.session() as s:
+        user = authenticate(s, username, password)
+        if user is None:
+            record(s, "auth.login_failed", details={"username": username}, ip=client_ip())
+        else:
+            user.last_login_at = utcnow()
+            record(s, "auth.login", actor_id=user.id, target=("user", user.id), ip=client_ip())
+            signed_in = CurrentUser.of(user)
+    if user is None:
+        return render_template("login.html", next=next_url, username=username,
+                               error="Wrong username or password."), 401
+    session.clear()  # a fresh session at sign-in: nothing planted before it survives
+    login_user(signed_in)
+    session.permanent = True
+    return redirect(next_url)

@@ -1,0 +1,44 @@
+// Batch progress: while the batch is unfinished, ask the JSON API for its counts every two seconds
+// and update the numbers and bars in place; once every image is done, load the batch page again so
+// the results appear. No inline script (the CSP forbids it) and nothing from outside this server.
+(function () {
+  "use strict";
+  var section = document.querySelector("[data-poll]");
+  if (!section) { return; }
+  var url = section.getAttribute("data-poll");
+  var doneUrl = section.getAttribute("data-done-url");
+  var INTERVAL_MS = 2000;
+
+  function setText(selector, value) {
+    var el = document.querySelector(selector);
+    if (el) { el.textContent = String(value); }
+  }
+
+  function show(batch) {
+    Object.keys(batch.progress).forEach(function (stage) {
+      setText('[data-progress="' + stage + '"]', batch.progress[stage]);
+    });
+    Object.keys(batch.counts).forEach(function (status) {
+      setText('[data-status="' + status + '"]', batch.counts[status]);
+    });
+    setText("[data-done]", batch.done);
+    document.querySelector('[data-bar="analysed"]').value = batch.done;
+    document.querySelector('[data-bar="reviewed"]').value = batch.progress.reviewed;
+  }
+
+  function poll() {
+    fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) {
+        if (response.status === 401) { window.location.reload(); }  // signed out: the page asks to sign in
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      })
+      .then(function (batch) {
+        show(batch);
+        if (batch.finished) { window.location.replace(doneUrl); } else { window.setTimeout(poll, INTERVAL_MS); }
+      })
+      .catch(function () { window.setTimeout(poll, INTERVAL_MS * 3); });  // server busy or restarting: keep trying
+  }
+
+  window.setTimeout(poll, INTERVAL_MS);
+}());

@@ -1,0 +1,29 @@
+"""Small Jinja filters the templates share."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from triage.schema import utcnow
+
+
+def ago(moment: datetime | None) -> str:
+    """How long ago, in the largest whole unit: what a reviewer scanning the queue needs."""
+    if moment is None:
+        return ""
+    seconds = max(0, int((utcnow() - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return "just now"
+
+
+def utc(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+
+def percent(value: float | None, digits: int = 0) -> str:
+    return "" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def register_filters(app) -> None:
+    app.jinja_env.filters.update(ago=ago, utc=utc, percent=percent)

@@ -150,3 +150,14 @@ def test_the_watchdog_ignores_a_busy_worker_and_a_broker_outage(redis_server):
     outage = ConsumeWatchdog(f"redis://127.0.0.1:{free_port()}/0", client_queue, 0, busy=lambda: False)
     assert not outage.stalled()
     dog.client.delete(client_queue)
+
+
+def test_web_metrics_need_a_token_and_report_the_state(sqlite_stack):
+    stack = sqlite_stack
+    stack.upload([(imagegen.jpeg(1), "a.jpg"), (b"not an image", "b.jpg")])
+    anonymous = stack.app.test_client().get("/metrics")
+    assert anonymous.status_code in (302, 401)
+    text = stack.client.get("/metrics").get_data(as_text=True)
+    assert 'dermatriage_images{status="queued"} 1.0' in text
+    assert "dermatriage_queue_depth 1.0" in text
+    assert 'dermatriage_web_files_total{result="rejected"}' in text

@@ -12,6 +12,7 @@ from triage.schema import Analysis, Batch, Image
 from .auth import audit
 from .health import health_report
 from .ingest import ingest
+from .metrics import count_files
 from .presenters import batch_dict, recent_batches
 from .services import services
 
@@ -46,6 +47,7 @@ def _upload(batch_id: int | None):
     if batch_id is None:
         batch_id = _new_batch(request.form.get("name"))
     results = [r.as_dict() for r in ingest(services(), batch_id, files)]
+    count_files(results)
     summary = {status: sum(1 for r in results if r["status"] == status)
                for status in ("accepted", "duplicate", "rejected")}
     with services().db.session() as s:

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the portal at /metrics (an API token, like the rest of the API).
+
+Counts of images by status, reviews by outcome and the queue depth are read from the database and
+Redis at each scrape, so every gunicorn process reports the same truth; files received are counted
+by the process that received them (sum them across processes).
+"""
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import func, select
+
+from triage import heartbeat
+from triage.schema import Analysis, Image, ImageStatus
+
+from .services import Services, services
+
+bp = Blueprint("metrics", __name__)
+_PROCESS = CollectorRegistry()
+FILES = Counter("dermatriage_web_files_total", "Files received in uploads by this web process, by result",
+                ["result"], registry=_PROCESS)
+
+
+def count_files(results: list[dict]) -> None:
+    for result in results:
+        FILES.labels(result["status"]).inc()
+
+
+class _State:
+    """Gauges computed from the database and the broker when scraped."""
+
+    def __init__(self, svc: Services):
+        self.svc = svc
+
+    def collect(self):
+        images = GaugeMetricFamily("dermatriage_images", "Images by status", labels=["status"])
+        priorities = GaugeMetricFamily("dermatriage_analyses", "Analyses by triage priority", labels=["priority"])
+        with self.svc.db.session() as s:
+            by_status = dict(s.execute(select(Image.status, func.count()).group_by(Image.status)).all())
+            by_priority = dict(s.execute(select(Analysis.priority, func.count()).group_by(Analysis.priority)).all())
+        for status in ImageStatus.ALL:
+            images.add_metric([status], by_status.get(status, 0))
+        for priority, n in sorted(by_priority.items()):
+            priorities.add_metric([priority], n)
+        yield images
+        yield priorities
+        queue = GaugeMetricFamily("dermatriage_queue_depth", "Jobs waiting in the broker queue")
+        workers = GaugeMetricFamily("dermatriage_workers_alive", "Workers with a fresh heartbeat")
+        try:
+            client = redis.Redis.from_url(self.svc.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            queue.add_metric([], client.llen(self.svc.settings.queue_name))
+            workers.add_metric([], len(heartbeat.workers(client)))
+            yield queue
+            yield workers
+        except redis.RedisError:
+            pass  # the broker being down shows as missing series, and in /health
+
+
+@bp.get("/metrics")
+def metrics():
+    state = CollectorRegistry()
+    state.register(_State(services()))
+    return Response(generate_latest(_PROCESS) + generate_latest(state), mimetype=CONTENT_TYPE_LATEST)

@@ -160,3 +160,48 @@ def test_load_twenty_uploaders_two_workers_counts_reconcile(make_stack, database
     logs = [w.output() for w in stack.workers]
     assert all("succeeded" in log for log in logs)  # both workers took a share
 
+
+
+def test_web_killed_during_an_upload_leaves_no_orphans(make_stack, sqlite_url):
+    import threading
+
+    import requests
+    from sqlalchemy import func, select
+
+    from triage.schema import Image
+    from worker.orphans import sweep_orphans
+
+    stack = make_stack(sqlite_url, **FAST)
+    web = stack.start_web()
+    files = small_photos(300)
+    store = stack.app.extensions["dermatriage"].store
+    headers = {"Authorization": f"Bearer {stack.token}"}
+
+    def send():
+        try:
+            requests.post(web.url + "/api/batches", headers=headers, timeout=120,
+                          files=[("files", (name, data, "image/jpeg")) for data, name in files])
+        except requests.RequestException:
+            pass  # the server died under it: that is the point
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    wait_until(lambda: len(list(store.entries())) >= 20, 60, 0.02, "the upload to be half stored")
+    os.killpg(web.proc.pid, signal.SIGKILL)
+    web.proc.wait(10)
+    sender.join(30)
+
+    with stack.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 0  # one transaction: all or nothing
+    stored = len(list(store.entries()))
+    assert stored >= 20  # files written before the commit that never came...
+    assert sweep_orphans(stack.db, store, grace_s=0) == stored  # ...are what the reconciler sweeps
+    assert list(store.entries()) == []
+
+    web = stack.start_web()
+    again = requests.post(web.url + "/api/batches", headers=headers, timeout=120,
+                          files=[("files", (name, data, "image/jpeg")) for data, name in files]).json()
+    assert again["accepted"] == len(files)
+    stack.start_worker()
+    assert_exactly_once(stack, [f["image_id"] for f in again["files"]],
+                        "web server SIGKILLed mid-upload, then the upload repeated", 1)

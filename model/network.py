@@ -13,7 +13,8 @@ def _head(keras, features, num_classes: int):
     x = keras.layers.Dense(512, activation="relu", name="dense_512")(x)
     x = keras.layers.Dropout(0.35, name="dropout")(x)
     x = keras.layers.Dense(256, activation="relu", name="dense_256")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    # float32 even under a mixed-precision policy: a float16 softmax rounds small probabilities to 0.
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 def build_model(backbone: str = "resnet152", num_classes: int = NUM_CLASSES, weights: str | None = None,

@@ -170,8 +170,20 @@ def main(argv: list[str] | None = None) -> None:
     revoke = sub.add_parser("revoke-token", help="revoke an API token by its number")
     revoke.add_argument("id", type=int)
     revoke.set_defaults(func=cmd_revoke_token)
+    for name, text in (("train", "train a model (python -m model.train --help)"),
+                       ("evaluate", "evaluate a model (python -m model.evaluate --help)")):
+        passthrough = sub.add_parser(name, help=text, add_help=False)
+        passthrough.add_argument("args", nargs=argparse.REMAINDER)
+        passthrough.set_defaults(func=cmd_model_tool, tool=name)
     args = parser.parse_args(argv)
     args.func(args)
+
+
+def cmd_model_tool(args) -> None:
+    """Training and evaluation live in model/; their own parsers take every option."""
+    import importlib
+
+    importlib.import_module(f"model.{args.tool}").main(args.args)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("args", nargs=argparse.REMAINDER)
         passthrough.set_defaults(func=cmd_model_tool, tool=name)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "tool", None) is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # options before the first positional, e.g. `dermatriage train --help`
+        args.args = extra + args.args
     args.func(args)
 
 

@@ -57,6 +57,9 @@ class GradCam:
         self.layer_name = layer.name
 
         def logits(features):
+            # float32 whatever the network computes in: the head's own weights are float32, and a
+            # 16-bit logit would flatten the gradients the map is made of.
+            features = tf.cast(features, tf.float32)
             if head is None:
                 return features
             return tf.matmul(features, head.kernel) + (head.bias if head.use_bias else 0.0)
@@ -68,7 +71,8 @@ class GradCam:
                 scores = logits(features)
                 top = tf.argmax(scores, axis=1)
                 score = tf.gather(scores, top, batch_dims=1)
-            grads = tape.gradient(score, conv)
+            grads = tf.cast(tape.gradient(score, conv), tf.float32)
+            conv = tf.cast(conv, tf.float32)
             weights = tf.reduce_mean(grads, axis=(1, 2))
             cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", conv, weights))
             probs = tf.nn.softmax(scores) if head is not None else scores
@@ -89,15 +93,25 @@ class GradCam:
         """The model's (uncalibrated) probabilities and a heatmap PNG per image, from one pass:
         the forward pass Grad-CAM needs already yields the prediction, so it is not run twice.
         Only the first `count` images are returned (the rest is padding)."""
+        probs, heat = self.scores_and_maps(batch, count)
+        return probs, self.overlays(batch, heat)
+
+    def scores_and_maps(self, batch: np.ndarray, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first half of `explain`, the network's part: (uncalibrated) probabilities and maps."""
         heat, probs = self._run(batch)
         count = len(batch) if count is None else count
-        return probs[:count], [overlay_png(x, h) for x, h in zip(batch[:count], heat[:count])]
+        return probs[:count], heat[:count]
+
+    def overlays(self, batch: np.ndarray, heat: np.ndarray) -> list[bytes]:
+        """The second half of `explain`, the CPU's part: one PNG per map, over the image it explains."""
+        return [overlay_png(x, h) for x, h in zip(batch, heat)]
 
     def __call__(self, batch: np.ndarray, _probs=None) -> list[bytes]:
         return self.explain(batch)[1]
 
-    def warm_up(self, size: int) -> None:
-        self._run(np.zeros((1, size, size, 3), np.float32))
+    def warm_up(self, size: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        for count in sorted(set(batch_sizes)):
+            self._run(np.zeros((count, size, size, 3), np.float32))
 
 
 def overlay_png(network_input: np.ndarray, heat: np.ndarray) -> bytes:

@@ -12,6 +12,9 @@ from .card import ModelCard, file_sha256
 
 log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Keras dtype policies per setting. "bfloat16" is Keras's mixed_bfloat16: weights stay float32 and
+# layers compute in bfloat16, which CPUs with AVX512-BF16 or AMX (and recent GPUs) run natively.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "mixed_float16": "mixed_float16"}
 
 
 def configure_tensorflow():
@@ -28,8 +31,9 @@ def configure_tensorflow():
 class Classifier:
     """A loaded model: call `predict` with preprocessed batches; returns calibrated probabilities."""
 
-    def __init__(self, model, card: ModelCard, tf):
+    def __init__(self, model, card: ModelCard, tf, precision: str = "float32"):
         self.model = model
+        self.precision = precision
         self.card = card
         self.labels = list(card.labels)
         self.version = card.model_version
@@ -55,11 +59,15 @@ class Classifier:
         probs = self._forward(self._tf.constant(batch, dtype=self._tf.float32)).numpy().astype(np.float64)
         return self.calibrate(probs)
 
+    def batch_shape(self, count: int) -> int:
+        """How many rows a batch of `count` images runs as: the next fixed size on a GPU (see __init__)."""
+        if not self.on_gpu:
+            return count
+        return next((b for b in BATCH_BUCKETS if b >= count), count)
+
     def padded(self, batch: np.ndarray) -> np.ndarray:
         """The batch padded with blank images up to the next fixed size (GPU only; see __init__)."""
-        if not self.on_gpu:
-            return batch
-        size = next((b for b in BATCH_BUCKETS if b >= len(batch)), len(batch))
+        size = self.batch_shape(len(batch))
         if size == len(batch):
             return batch
         blank = np.zeros((size - len(batch),) + batch.shape[1:], batch.dtype)
@@ -69,9 +77,13 @@ class Classifier:
         """The card's temperature applied to the network's own softmax output."""
         return apply_temperature(probs, self.card.temperature)
 
-    def warm_up(self) -> float:
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
+        """Run each batch size once so no job pays for tracing or for the kernels a new shape picks.
+
+        Returns the seconds it took."""
         start = time.perf_counter()
-        self.predict(np.zeros((1, self.input_size, self.input_size, 3), np.float32))
+        for size in sorted({self.batch_shape(n) for n in batch_sizes}):
+            self.predict(np.zeros((size, self.input_size, self.input_size, 3), np.float32))
         return time.perf_counter() - start
 
 
@@ -85,8 +97,13 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def load_classifier(weights: Path) -> Classifier:
-    """Load a `.keras` or Keras-2 `.h5` file; refuse it when its card is missing or does not match."""
+def load_classifier(weights: Path, precision: str = "float32") -> Classifier:
+    """Load a `.keras` or Keras-2 `.h5` file; refuse it when its card is missing or does not match.
+
+    `precision` other than float32 rebuilds the network to compute in reduced precision (see PRECISIONS).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     weights = Path(weights)
     if not weights.exists():
         raise FileNotFoundError(f"model file {weights} does not exist (build the demo model with "
@@ -102,7 +119,56 @@ def load_classifier(weights: Path) -> Classifier:
     start = time.perf_counter()
     model = _single_tensor_io(keras, keras.models.load_model(weights, compile=False))
     log.info("loaded %s (%s) in %.1fs", weights, card.model_version, time.perf_counter() - start)
-    return Classifier(model, card, tf)
+    if precision != "float32":
+        model = with_precision(model, precision)
+    return Classifier(model, card, tf, precision)
+
+
+def with_precision(model, precision: str):
+    """The same network and weights, computing under another dtype policy.
+
+    Every layer is rebuilt from its config with the new policy, except the input and the final layer:
+    the softmax stays float32, since in 16 bits small probabilities round to 0 and the risk policy
+    sums them. Weights are copied, so the float32 original can be freed.
+    """
+    import keras
+
+    policy = PRECISIONS[precision]
+    _warn_if_slow(precision)
+    last = model.layers[-1]
+
+    def rebuild(layer):
+        if isinstance(layer, keras.Model):  # a backbone nested as one layer is rebuilt layer by layer
+            return keras.models.clone_model(layer, clone_function=rebuild)
+        config = layer.get_config()
+        if layer is not last and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    reduced = keras.models.clone_model(model, clone_function=rebuild)
+    reduced.set_weights(model.get_weights())
+    return reduced
+
+
+def _warn_if_slow(precision: str) -> None:
+    # Without native support the reduced types are emulated and far slower than float32.
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return
+    flags = _cpu_flags()
+    if precision == "mixed_float16" or not flags & {"avx512_bf16", "amx_bf16"}:
+        log.warning("precision %s has no native support on this CPU; expect it to be slower than float32",
+                    precision)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 def _single_tensor_io(keras, model):

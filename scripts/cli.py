@@ -175,12 +175,23 @@ def main(argv: list[str] | None = None) -> None:
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("args", nargs=argparse.REMAINDER)
         passthrough.set_defaults(func=cmd_model_tool, tool=name)
+    upload = sub.add_parser("upload", help="send a folder of photographs to the portal, resumably "
+                                           "(dermatriage upload --help)", add_help=False)
+    upload.add_argument("args", nargs=argparse.REMAINDER)
+    upload.set_defaults(func=cmd_upload, tool="upload")
     args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "tool", None) is None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # options before the first positional, e.g. `dermatriage train --help`
         args.args = extra + args.args
     args.func(args)
+
+
+def cmd_upload(args) -> None:
+    """The upload client talks to a running portal over HTTP; it lives in scripts/upload.py."""
+    from scripts.upload import main as upload_main
+
+    sys.exit(upload_main(args.args))
 
 
 def cmd_model_tool(args) -> None:

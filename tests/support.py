@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -277,3 +278,89 @@ def seed_batch(db, name: str = "Seeded") -> int:
         s.add(batch)
         s.flush()
         return batch.id
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of a web server that spoils chosen upload requests, to test retries.
+
+    Requests to `/api/batches/<id>/images` are counted from 1; those numbered in `busy` get a 503
+    without reaching the server, and those in `lost` reach the server, which stores their files, but
+    the answer never comes back (the connection is dropped), as when a network fails at the worst moment.
+    Everything else passes through unchanged, cookies included.
+    """
+
+    def __init__(self, target: str, busy: set[int] = frozenset(), lost: set[int] = frozenset()):
+        self.target, self.busy, self.lost = target, set(busy), set(lost)
+        self.port = free_port()
+        self.uploads = 0
+        self.spoiled: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FlakyProxy":
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _fault(self, method: str, path: str) -> str | None:
+        if method != "POST" or not re.fullmatch(r"/api/batches/\d+/images", path):
+            return None
+        with self._lock:
+            self.uploads += 1
+            number = self.uploads
+        fault = "busy" if number in self.busy else "lost" if number in self.lost else None
+        if fault:
+            self.spoiled.append((number, fault))
+        return fault
+
+    def _handler(self):
+        from http.server import BaseHTTPRequestHandler
+
+        import requests
+
+        proxy = self
+        hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._fault(self.command, self.path.split("?")[0])
+                if fault == "busy":
+                    self._answer(503, b'{"error": "busy (test proxy)"}', {"Content-Type": "application/json"})
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop}
+                answer = requests.request(self.command, proxy.target + self.path, data=body, headers=headers,
+                                          allow_redirects=False, timeout=120)
+                if fault == "lost":
+                    self.close_connection = True  # the server has done the work; the client never hears
+                    return
+                self._answer(answer.status_code, answer.content,
+                             {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop})
+
+            def _answer(self, status: int, content: bytes, headers: dict) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = _relay
+
+        return Handler

@@ -22,7 +22,7 @@ def test_health_status_and_metrics_report_the_loaded_model(make_stack, sqlite_ur
     metrics_port = free_port()
     stack = make_stack(sqlite_url, worker_metrics_port=metrics_port)
     worker = stack.start_worker(name="ops")
-    health = wait_until(lambda: (h := stack.client.get("/health").get_json())["workers"] and h, 30,
+    health = wait_until(lambda: (h := stack.client.get("/health").get_json())["workers"] and h, 180,
                         message="the worker's heartbeat")
     [seen] = health["workers"]
     assert seen["node"] == "ops" and seen["model_loaded"] is True

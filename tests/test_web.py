@@ -1,13 +1,19 @@
 """The portal against a real Redis and real databases (no worker needed): ingest, limits, errors."""
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
+import requests
 from PIL import Image as PILImage
 
 from tests import imagegen
-from tests.support import csrf_token, free_port
+from tests.support import csrf_token, free_port, seed_analysis
+from triage.imaging import RejectedImage, sanitize
 from triage.schema import ImageStatus
 
 
@@ -146,3 +152,167 @@ def test_the_web_app_never_imports_tensorflow():
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- bulk upload support
+
+def test_an_empty_batch_can_be_made_first_and_filled_later(sqlite_stack):
+    stack = sqlite_stack
+    made = stack.client.post("/api/batches", json={"name": "Clinic B"})
+    assert made.status_code == 201
+    batch_id = made.get_json()["batch_id"]
+    assert stack.client.get(f"/api/batches/{batch_id}?images=0").get_json()["total"] == 0
+    added = stack.upload([(imagegen.jpeg(1), "day 1/a.jpg")], batch_id=batch_id).get_json()
+    assert added["accepted"] == 1 and added["batch_id"] == batch_id
+    assert stack.client.post("/api/batches", json=["not", "an", "object"]).status_code == 400
+
+
+def test_missing_says_what_a_batch_lacks_by_hash_and_by_name(sqlite_stack):
+    stack = sqlite_stack
+    held, other = imagegen.jpeg(1), imagegen.jpeg(2)
+    batch_id = stack.upload([(held, "visit/room 1/a.jpg")]).get_json()["batch_id"]
+    image_id = stack.statuses().popitem()[0]
+    ask = {"sha256": [hashlib.sha256(held).hexdigest(), hashlib.sha256(other).hexdigest().upper()],
+           "names": ["visit/room 1/a.jpg", "visit\\room 1\\b.jpg"]}
+    answer = stack.client.post(f"/api/batches/{batch_id}/missing", json=ask)
+    assert answer.status_code == 200
+    assert answer.get_json() == {
+        "batch_id": batch_id,
+        "missing": {"sha256": [hashlib.sha256(other).hexdigest()], "names": ["visit\\room 1\\b.jpg"]},
+        "present": {"sha256": {hashlib.sha256(held).hexdigest(): {"image_id": image_id, "name": "visit/room 1/a.jpg"}},
+                    "names": {"visit/room 1/a.jpg": image_id}}}
+    # A name is compared as the upload would store it: a Windows path finds its stored twin.
+    windows = stack.client.post(f"/api/batches/{batch_id}/missing", json={"names": ["visit\\room 1\\a.jpg"]})
+    assert windows.get_json()["present"]["names"] == {"visit\\room 1\\a.jpg": image_id}
+    for bad in ({"sha256": ["xyz"]}, {"sha256": "not a list"}, {"names": [1]}, {"names": ["a"] * 10_001}):
+        refused = stack.client.post(f"/api/batches/{batch_id}/missing", json=bad)
+        assert refused.status_code == 400 and refused.get_json()["error"]
+    assert stack.client.post(f"/api/batches/{batch_id}/missing", data="nonsense").status_code == 400
+    assert stack.client.post("/api/batches/999/missing", json={"names": []}).status_code == 404
+
+
+def test_upload_limits_are_published_for_uploaders(make_stack, sqlite_url):
+    stack = make_stack(sqlite_url, max_files_per_request=7, max_request_bytes=9_000_000, max_file_bytes=3_000_000)
+    limits = stack.client.get("/api/uploads/limits").get_json()
+    assert limits["max_files_per_request"] == 7 and limits["max_request_bytes"] == 9_000_000
+    assert limits["max_file_bytes"] == 3_000_000 and ".jpg" in limits["extensions"] and ".txt" not in limits["extensions"]
+    page = stack.login().get("/").get_data(as_text=True)
+    assert 'data-max-files="7"' in page and 'data-max-file-bytes="3000000"' in page
+
+
+def test_the_upload_page_can_preselect_a_batch_and_the_form_adds_to_it(sqlite_stack):
+    stack = sqlite_stack
+    batch_id = stack.upload([(imagegen.jpeg(1), "a.jpg")]).get_json()["batch_id"]
+    browser = stack.login()
+    page = browser.get(f"/?batch={batch_id}").get_data(as_text=True)
+    assert f'<option value="{batch_id}" selected>' in page
+    assert f'href="/?batch={batch_id}"' in browser.get(f"/batches/{batch_id}").get_data(as_text=True)
+    response = browser.post("/upload", data={
+        "batch": str(batch_id), "csrf_token": csrf_token(browser, "/"),
+        "files": [(io.BytesIO(imagegen.jpeg(2)), "b.jpg"), (io.BytesIO(imagegen.jpeg(1)), "again.jpg")]},
+        content_type="multipart/form-data")
+    assert "1 accepted, 1 duplicate, 0 rejected" in response.get_data(as_text=True)
+    assert len(stack.statuses(batch_id)) == 2
+
+
+def test_folder_paths_are_the_names_on_the_batch_and_case_pages(sqlite_stack):
+    stack = sqlite_stack
+    name = "clinic 24 Nov/room 2/follow-up/lesion <3>.jpg"
+    body = stack.upload([(imagegen.jpeg(1), name)]).get_json()
+    assert body["files"][0]["name"] == name
+    batch_page = stack.client.get(f"/batches/{body['batch_id']}").get_data(as_text=True)
+    assert "clinic 24 Nov/room 2/follow-up/lesion &lt;3&gt;.jpg" in batch_page
+    analysis_id = seed_analysis(stack.db, body["batch_id"], image_id=body["files"][0]["image_id"])
+    case_page = stack.client.get(f"/review/{analysis_id}").get_data(as_text=True)
+    assert "clinic 24 Nov/room 2/follow-up/lesion &lt;3&gt;.jpg" in case_page
+
+
+def test_over_the_limits_over_real_http_is_a_clear_4xx_never_a_500(make_stack, sqlite_url):
+    stack = make_stack(sqlite_url, max_files_per_request=3, max_request_bytes=1_000_000, max_file_bytes=200_000)
+    web = stack.start_web()
+    headers = {"Authorization": f"Bearer {stack.token}"}
+
+    def post(files, path="/api/batches"):
+        return requests.post(web.url + path, files=[("files", f) for f in files], headers=headers, timeout=60)
+
+    too_big = post([("a.jpg", os.urandom(1_500_000))])
+    assert too_big.status_code == 413 and "larger than the server accepts" in too_big.json()["error"]
+    too_many = post([(f"{i}.jpg", imagegen.jpeg(i, 64, 48)) for i in range(4)])
+    assert too_many.status_code == 400 and "Too many files" in too_many.json()["error"]
+    many_parts = post([(f"{i}.jpg", b"x") for i in range(80)])  # more form parts than any request may have
+    assert many_parts.status_code == 413
+    one_big = post([("big.png", imagegen.encode(imagegen.skin_photo(1, 900, 700), "PNG")), ("ok.jpg", imagegen.jpeg(2, 64, 48))])
+    assert one_big.status_code == 201
+    assert [f["status"] for f in one_big.json()["files"]] == ["rejected", "accepted"]
+    unknown = post([("a.jpg", imagegen.jpeg(3, 64, 48))], "/api/batches/999/images")
+    assert unknown.status_code == 404
+    assert " 500 " not in web.log.read_text()
+
+
+def test_the_same_folder_uploaded_twice_at_once_is_stored_once(sqlite_stack):
+    """Two uploaders race to add the same files to one batch: each file is accepted once, and the
+    other copy is a duplicate whichever request gets there first."""
+    stack = sqlite_stack
+    web = stack.start_web()
+    batch_id = stack.client.post("/api/batches", json={"name": "race"}).get_json()["batch_id"]
+    photos = [(f"{i}.jpg", imagegen.jpeg(i, 320, 240)) for i in range(12)]
+    headers = {"Authorization": f"Bearer {stack.token}"}
+
+    def send(order):
+        return requests.post(f"{web.url}/api/batches/{batch_id}/images", headers=headers, timeout=60,
+                             files=[("files", photos[i]) for i in order]).json()["files"]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, [range(12), reversed(range(12)), range(0, 12, 2), range(1, 12, 2)]))
+    verdicts = [f["status"] for answer in answers for f in answer]
+    assert verdicts.count("accepted") == 12 and verdicts.count("duplicate") == 24
+    assert len(stack.statuses(batch_id)) == 12
+    assert len(stored_files(stack)) == 12
+
+
+def test_ingest_refuses_a_damaged_jpeg_exactly_when_a_full_size_decode_does():
+    """Ingest decodes the JPEGs it stores unchanged at half size (triage.imaging): libjpeg still reads
+    every block of every scan, so a truncated or damaged file is refused as a full decode would."""
+    photo = imagegen.skin_photo(4, 640, 480)
+    refused = 0
+    for params in ({"quality": 90}, {"quality": 90, "progressive": True}, {"quality": 90, "subsampling": 0}):
+        data = imagegen.encode(photo, "JPEG", **params)
+        rng = random.Random(1)
+        variants = [data[:cut] for cut in range(300, len(data), len(data) // 30)]
+        for _ in range(60):
+            damaged = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                damaged[rng.randrange(600, len(data) - 2)] = rng.randrange(256)
+            variants.append(bytes(damaged))
+        for variant in variants:
+            full_size = _decodes_at_full_size(variant)
+            try:
+                sanitize(variant, 50_000_000)
+                accepted = True
+            except RejectedImage:
+                accepted = False
+            assert accepted == full_size
+            refused += not accepted
+    assert refused >= 60  # the damage really was of the kind a decoder notices
+
+
+def _decodes_at_full_size(data: bytes) -> bool:
+    try:
+        PILImage.open(io.BytesIO(data)).load()
+        return True
+    except Exception:
+        return False
+
+
+def test_a_file_another_request_added_meanwhile_becomes_a_duplicate(stack, monkeypatch):
+    """The lookup before decoding found nothing, but by the insert another request had added the same
+    bytes: the unique (batch, sha256) key turns this file into a duplicate, on either database."""
+    import web.ingest
+
+    photo = imagegen.jpeg(1)
+    first = stack.upload([(photo, "a.jpg")]).get_json()
+    monkeypatch.setattr(web.ingest, "known_hashes", lambda *args: {})  # as if looked up before the other commit
+    again = stack.upload([(photo, "b.jpg"), (imagegen.jpeg(2), "c.jpg")], batch_id=first["batch_id"]).get_json()
+    assert [f["status"] for f in again["files"]] == ["duplicate", "accepted"]
+    assert again["files"][0]["image_id"] == first["files"][0]["image_id"]
+    assert len(stack.statuses()) == 2 and len(stored_files(stack)) == 2

@@ -13,7 +13,7 @@ from triage.jobs import make_celery
 from triage.settings import Settings, get_settings
 from triage.store import open_store
 
-from . import account, admin, auth, exports, metrics, review
+from . import account, admin, auth, exports, metrics, review, upload_api
 from .routes import bp
 from .services import Services
 from .templating import register_filters
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                         store=open_store(settings), celery=make_celery(settings, "dermatriage-web"))
     app.extensions["dermatriage"] = services
     auth.init_auth(app, settings)
-    for blueprint in (bp, account.bp, admin.bp, review.bp, exports.bp, metrics.bp):
+    for blueprint in (bp, upload_api.bp, account.bp, admin.bp, review.bp, exports.bp, metrics.bp):
         app.register_blueprint(blueprint)
     app.context_processor(lambda: {"disclaimer": DISCLAIMER})
     register_filters(app)

@@ -1,12 +1,18 @@
-"""Taking files into a batch: validate, strip metadata, store, one row each, enqueue after commit."""
+"""Taking files into a batch: validate, strip metadata, store, one row each, enqueue after commit.
+
+The costly work (hashing, decoding, stripping metadata, writing the file) runs outside any database
+transaction. On SQLite every transaction takes the single write lock at BEGIN, so decoding inside
+one would make every other upload, on every web worker, wait for this one. A request therefore
+touches the database twice, briefly: once to learn which of its files the batch already holds, and
+once to add the new rows.
+"""
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import FileStorage
 
 from triage.imaging import RejectedImage, sanitize
@@ -19,6 +25,7 @@ from .services import Services
 log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME = 1024
+ALREADY_IN_BATCH = "The same file is already in this batch."
 
 
 @dataclass
@@ -32,58 +39,150 @@ class FileResult:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass
+class _Pending:
+    """A file that passed the size check and is not yet known to be a duplicate."""
+    result: FileResult
+    upload: FileStorage
+    digest: str
+    size: int
+    row: dict = field(default_factory=dict)  # the image row, once the file is stored
+    copies: list[FileResult] = field(default_factory=list)  # the same bytes again in this request
+
+
 def display_name(raw: str | None) -> str:
-    """A client's filename is only ever shown, never used as a path: clean it for display."""
+    """A client's filename is only ever shown, never used as a path: clean it for display.
+
+    Folder uploads send the path relative to the chosen folder (`day 1/lesion.jpg`); it is kept as it
+    is, with `/` as the separator whatever system sent it."""
     name = _CONTROL.sub("", raw or "").replace("\\", "/").strip()
     return (name or "unnamed")[-MAX_NAME:]
 
 
 def ingest(svc: Services, batch_id: int, files: list[FileStorage]) -> list[FileResult]:
-    results: list[FileResult] = []
+    """One result per file, in the order sent."""
+    results, firsts = _hash_files(svc, files)
+    pending = _drop_known(svc, batch_id, firsts)
     created_keys: list[str] = []
-    accepted: list[int] = []
     try:
-        with svc.db.session() as s:
-            for upload in files:
-                result = _ingest_one(svc, s, batch_id, upload, created_keys)
-                results.append(result)
-                if result.status == "accepted":
-                    accepted.append(result.image_id)
+        stored = _store_files(svc, pending, created_keys)
+        accepted = _add_rows(svc, batch_id, stored)
     except BaseException:
         _forget_files(svc, created_keys)  # nothing was committed: leave no file behind
         raise
     _enqueue(svc, accepted)
+    for first in firsts:
+        for copy in first.copies:  # a copy shares its first's fate: duplicate of it, or rejected alike
+            if first.result.status == "rejected":
+                copy.reason = first.result.reason
+            else:
+                _mark_duplicate(copy, first.result.image_id)
     return results
 
 
-def _ingest_one(svc: Services, s, batch_id: int, upload: FileStorage, created_keys: list[str]) -> FileResult:
-    name = display_name(upload.filename)
+def _hash_files(svc: Services, files: list[FileStorage]) -> tuple[list[FileResult], list[_Pending]]:
+    """Size limit and SHA-256 of each file; a second copy within the request waits for its first."""
     limit = svc.settings.max_file_bytes
-    raw = upload.stream.read(limit + 1)
-    if len(raw) > limit:
-        return FileResult(name, "rejected", reason=f"The file is larger than the limit of {limit // (1024 * 1024)} MB.")
-    digest = sha256_hex(raw)
-    existing = s.scalar(select(Image.id).where(Image.batch_id == batch_id, Image.sha256 == digest))
-    if existing is not None:
-        return FileResult(name, "duplicate", existing, "The same file is already in this batch.")
-    try:
-        clean = sanitize(raw, svc.settings.max_image_pixels)
-    except RejectedImage as exc:
-        return FileResult(name, "rejected", reason=str(exc))
-    key, created = svc.store.put(clean.data)
-    if created:
-        created_keys.append(key)
-    image = Image(batch_id=batch_id, display_name=name, sha256=digest, store_key=key, size_bytes=len(raw),
-                  width=clean.width, height=clean.height, format=clean.source_format, phash=clean.phash,
-                  status=ImageStatus.RECEIVED)
-    try:
-        with s.begin_nested():  # a concurrent upload of the same file loses only this file
-            s.add(image)
-            s.flush()
-    except IntegrityError:
-        other = s.scalar(select(Image.id).where(Image.batch_id == batch_id, Image.sha256 == digest))
-        return FileResult(name, "duplicate", other, "The same file is already in this batch.")
-    return FileResult(name, "accepted", image.id)
+    results: list[FileResult] = []
+    pending: list[_Pending] = []
+    first_with: dict[str, _Pending] = {}
+    for upload in files:
+        result = FileResult(display_name(upload.filename), "rejected")
+        results.append(result)
+        raw = upload.stream.read(limit + 1)
+        if len(raw) > limit:
+            result.reason = f"The file is larger than the limit of {limit // (1024 * 1024)} MB."
+            continue
+        digest = sha256_hex(raw)
+        if digest in first_with:
+            first_with[digest].copies.append(result)
+            continue
+        first_with[digest] = _Pending(result, upload, digest, len(raw))
+        pending.append(first_with[digest])
+    return results, pending
+
+
+def _drop_known(svc: Services, batch_id: int, pending: list[_Pending]) -> list[_Pending]:
+    """Files whose bytes the batch already holds are duplicates: no need to decode them."""
+    if not pending:
+        return pending
+    known = known_hashes(svc, batch_id, [p.digest for p in pending])
+    for p in pending:
+        if p.digest in known:
+            _mark_duplicate(p.result, known[p.digest][0])
+    return [p for p in pending if p.digest not in known]
+
+
+def known_hashes(svc: Services, batch_id: int, digests: list[str]) -> dict[str, tuple[int, str]]:
+    """{sha256: (image id, display name)} for those of `digests` the batch already holds."""
+    found: dict[str, tuple[int, str]] = {}
+    with svc.db.session() as s:
+        for start in range(0, len(digests), 500):  # stay well under every database's bound-parameter cap
+            chunk = digests[start:start + 500]
+            rows = s.execute(select(Image.sha256, Image.id, Image.display_name)
+                             .where(Image.batch_id == batch_id, Image.sha256.in_(chunk)))
+            found.update((digest, (image_id, name)) for digest, image_id, name in rows)
+    return found
+
+
+def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]) -> list[_Pending]:
+    """Decode each file fully, strip its metadata and store it; the rejected drop out here."""
+    stored = []
+    for p in pending:
+        p.upload.stream.seek(0)  # read again rather than hold every file of a large request in memory
+        raw = p.upload.stream.read(p.size)
+        try:
+            clean = sanitize(raw, svc.settings.max_image_pixels)
+        except RejectedImage as exc:
+            p.result.reason = str(exc)
+            continue
+        key, created = svc.store.put(clean.data)
+        if created:
+            created_keys.append(key)
+        p.row = dict(display_name=p.result.name, sha256=p.digest, store_key=key, size_bytes=p.size,
+                     width=clean.width, height=clean.height, format=clean.source_format, phash=clean.phash,
+                     status=ImageStatus.RECEIVED)
+        stored.append(p)
+    return stored
+
+
+def _add_rows(svc: Services, batch_id: int, stored: list[_Pending]) -> list[int]:
+    """One short transaction. A file that another request added to the batch meanwhile (the same
+    folder uploaded twice at once) loses the race on the unique (batch, sha256) key and becomes a
+    duplicate; nothing else in the request is affected."""
+    if not stored:
+        return []
+    with svc.db.session() as s:
+        # A row at a time with one statement: compiled once and cached, where a many-row INSERT would be
+        # compiled afresh for every request's number of rows.
+        statement = _insert_ignoring_duplicates(s.get_bind().dialect.name).returning(Image.id)
+        inserted = {}
+        for p in stored:
+            image_id = s.execute(statement, {"batch_id": batch_id, **p.row}).scalar()
+            if image_id is not None:
+                inserted[p.digest] = image_id
+        raced = [p.digest for p in stored if p.digest not in inserted]
+        winners = dict(s.execute(select(Image.sha256, Image.id)
+                                 .where(Image.batch_id == batch_id, Image.sha256.in_(raced))).all()) if raced else {}
+    for p in stored:
+        if p.digest in inserted:
+            p.result.status, p.result.image_id = "accepted", inserted[p.digest]
+        else:
+            _mark_duplicate(p.result, winners[p.digest])
+    return [p.result.image_id for p in stored if p.result.status == "accepted"]
+
+
+def _insert_ignoring_duplicates(dialect: str):
+    """INSERT ... ON CONFLICT DO NOTHING: the two databases the project runs on both have it."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(Image.__table__).on_conflict_do_nothing(index_elements=["batch_id", "sha256"])
+
+
+def _mark_duplicate(result: FileResult, image_id: int) -> None:
+    result.status, result.image_id, result.reason = "duplicate", image_id, ALREADY_IN_BATCH
 
 
 def _forget_files(svc: Services, keys: list[str]) -> None:

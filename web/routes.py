@@ -15,6 +15,7 @@ from .ingest import ingest
 from .metrics import count_files
 from .presenters import batch_dict, recent_batches
 from .services import services
+from .upload_api import upload_limits
 
 bp = Blueprint("portal", __name__)
 MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
@@ -26,7 +27,22 @@ def _new_batch(name: str | None) -> int:
         batch = Batch(name=name, created_by_id=current_user.id)
         s.add(batch)
         s.flush()
+        audit(s, "batch.create", ("batch", batch.id), name=name)
         return batch.id
+
+
+def _batch_urls(batch_id: int) -> dict:
+    return {"batch_id": batch_id, "batch_url": f"/batches/{batch_id}", "api_url": f"/api/batches/{batch_id}"}
+
+
+def _existing_batch(value) -> int | None:
+    """The id of an existing batch named by a form field, or None (then a new batch is made)."""
+    try:
+        batch_id = int(value or 0)
+    except ValueError:
+        return None
+    with services().db.session() as s:
+        return batch_id if batch_id and s.get(Batch, batch_id) is not None else None
 
 
 def _files_or_error():
@@ -52,22 +68,29 @@ def _upload(batch_id: int | None):
                for status in ("accepted", "duplicate", "rejected")}
     with services().db.session() as s:
         audit(s, "batch.upload", ("batch", batch_id), **summary)
-    return {"batch_id": batch_id, "batch_url": f"/batches/{batch_id}", "api_url": f"/api/batches/{batch_id}",
-            "files": results, **summary}, None
+    return {**_batch_urls(batch_id), "files": results, **summary}, None
 
 
 @bp.get("/")
 def index():
+    """The upload page. `?batch=<id>` preselects a batch to add to (the batch page links here)."""
+    selected = _existing_batch(request.args.get("batch"))
     with services().db.session() as s:
         batches = recent_batches(s)
-    return render_template("index.html", batches=batches)
+        choices = [(b["id"], b["name"]) for b in batches]
+        if selected and selected not in {b["id"] for b in batches}:
+            choices.insert(0, (selected, s.get(Batch, selected).name))
+    return render_template("index.html", batches=batches, choices=choices, selected=selected,
+                           limits=upload_limits(services().settings))
 
 
 @bp.post("/upload")
 def upload_form():
-    body, error = _upload(None)
+    """The upload form without JavaScript: one request with every chosen file."""
+    body, error = _upload(_existing_batch(request.form.get("batch")))
     if error:
-        return render_template("index.html", batches=[], error=error[0]), error[1]
+        return render_template("index.html", batches=[], choices=[], limits=upload_limits(services().settings),
+                               error=error[0]), error[1]
     with services().db.session() as s:
         batch = batch_dict(s, body["batch_id"])
     return render_template("batch.html", batch=batch, upload=body)
@@ -84,6 +107,14 @@ def batch_page(batch_id: int):
 
 @bp.post("/api/batches")
 def api_create_batch():
+    """Multipart with files: a batch holding them. JSON `{"name": ...}`: an empty batch, which a bulk
+    uploader creates first so that it can resume into it after an interruption."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error='Send JSON such as {"name": "Clinic A, 24 Nov"}.'), 400
+        batch_id = _new_batch(body.get("name") if isinstance(body.get("name"), str) else None)
+        return jsonify({**_batch_urls(batch_id), "files": [], "accepted": 0, "duplicate": 0, "rejected": 0}), 201
     body, error = _upload(None)
     if error:
         return jsonify(error=error[0]), error[1]

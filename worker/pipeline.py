@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +14,6 @@ from model.preprocess import preprocess_rgb
 from model.quality import QualityThresholds, assess_quality
 from triage.db import Database
 from triage.imaging import decode_rgb
-from triage.phash import nearest
 from triage.risk import RiskThresholds, assess, reshoot_assessment
 from triage.schema import Analysis, Image, ImageStatus, utcnow
 from triage.store import ImageStore
@@ -32,61 +32,101 @@ class Outcome:
     timings: dict = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """One claimed image after the CPU's part: its outcome so far and, if it goes on, the network input."""
+    outcome: Outcome
+    tensor: np.ndarray | None = None
+    marginal: list[str] = field(default_factory=list)
+    quality: dict | None = None
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
 def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality_t: QualityThresholds,
-                  risk_t: RiskThresholds, explainer=None) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    ready: list[tuple[Outcome, np.ndarray, list[str], dict]] = []
-    for item in claimed:
-        out = Outcome(item.id, ImageStatus.FAILED)
-        outcomes.append(out)
-        start = time.perf_counter()
-        try:
-            rgb = decode_rgb(store.get(item.store_key))
-        except Exception as exc:  # a stored file that no longer decodes is this image's failure only
-            out.error = f"The stored image could not be decoded ({type(exc).__name__}: {exc})."
-            continue
-        out.timings["decode_ms"] = _ms(start)
-        start = time.perf_counter()
-        report = assess_quality(rgb, quality_t)
-        out.timings["quality_ms"] = _ms(start)
-        quality = report.as_dict()
-        if not report.passed:
-            priority, reasons, advice = reshoot_assessment(report.failures)
-            out.status = ImageStatus.NEEDS_RESHOOT
-            out.error = " ".join(report.failures)
-            out.analysis = dict(outcome=ImageStatus.NEEDS_RESHOOT, priority=priority, reasons=reasons,
-                                recommendations=advice, quality=quality)
-            continue
-        start = time.perf_counter()
-        tensor = preprocess_rgb(rgb, classifier.input_size)
-        out.timings["preprocess_ms"] = _ms(start)
-        ready.append((out, tensor, report.marginal, quality))
+                  risk_t: RiskThresholds, explainer=None, pool: Executor | None = None) -> list[Outcome]:
+    """The whole analysis of one batch: prepare (decode, quality gate, preprocess), then classify."""
+    return classify(prepare_all(claimed, store, quality_t, classifier.input_size, pool), classifier, risk_t,
+                    explainer)
 
+
+def prepare_all(claimed: list[Claimed], store: ImageStore, quality_t: QualityThresholds, input_size: int,
+                pool: Executor | None = None) -> list[Prepared]:
+    """`prepare` for every image, on `pool`'s threads when given (Pillow, OpenCV and NumPy release the
+    GIL while they work, so images are decoded side by side). The order of `claimed` is kept."""
+    def one(item: Claimed) -> Prepared:
+        return prepare(item, store, quality_t, input_size)
+
+    if pool is None or len(claimed) < 2:
+        return [one(item) for item in claimed]
+    return list(pool.map(one, claimed))
+
+
+def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, input_size: int) -> Prepared:
+    """Decode, quality gate and preprocessing of one image: everything before the network, all CPU."""
+    out = Outcome(item.id, ImageStatus.FAILED)
+    start = time.perf_counter()
+    try:
+        rgb = decode_rgb(store.get(item.store_key))
+    except Exception as exc:  # a stored file that no longer decodes is this image's failure only
+        out.error = f"The stored image could not be decoded ({type(exc).__name__}: {exc})."
+        return Prepared(out)
+    out.timings["decode_ms"] = _ms(start)
+    start = time.perf_counter()
+    report = assess_quality(rgb, quality_t)
+    out.timings["quality_ms"] = _ms(start)
+    quality = report.as_dict()
+    if not report.passed:
+        priority, reasons, advice = reshoot_assessment(report.failures)
+        out.status = ImageStatus.NEEDS_RESHOOT
+        out.error = " ".join(report.failures)
+        out.analysis = dict(outcome=ImageStatus.NEEDS_RESHOOT, priority=priority, reasons=reasons,
+                            recommendations=advice, quality=quality)
+        return Prepared(out, quality=quality)
+    start = time.perf_counter()
+    tensor = preprocess_rgb(rgb, input_size)
+    out.timings["preprocess_ms"] = _ms(start)
+    return Prepared(out, tensor, report.marginal, quality)
+
+
+def classify(prepared: list[Prepared], classifier, risk_t: RiskThresholds, explainer=None) -> list[Outcome]:
+    """One forward pass for every prepared image that passed the gate; the risk policy on each result."""
+    ready = [p for p in prepared if p.tensor is not None]
     if ready:
-        batch = classifier.padded(np.stack([tensor for _, tensor, _, _ in ready]))
+        batch = classifier.padded(np.stack([p.tensor for p in ready]))
         start = time.perf_counter()
+        explain_ms = None
         if explainer is None:
             probs, heatmaps = classifier.predict(batch)[:len(ready)], [None] * len(ready)
+            forward_ms = _ms(start)
         else:  # one pass yields both the prediction and the gradients Grad-CAM needs
-            raw, heatmaps = explainer.explain(batch, len(ready))
+            raw, maps = explainer.scores_and_maps(batch, len(ready))
             probs = classifier.calibrate(raw)
-        forward_ms = _ms(start)
-        for (out, _, marginal, quality), row, heatmap in zip(ready, probs, heatmaps):
-            probabilities = {label: float(p) for label, p in zip(classifier.labels, row)}
-            a = assess(probabilities, risk_t, marginal)
-            out.status = ImageStatus.ANALYSED
-            out.timings.update(forward_ms=round(forward_ms / len(ready), 2), batch_size=len(ready),
-                               explained=explainer is not None)
-            out.analysis = dict(outcome=ImageStatus.ANALYSED, probabilities=probabilities,
-                                top_class=a.top_class, confidence=a.confidence,
-                                top3=[[s, p] for s, p in a.top3], risk_level=a.risk_level,
-                                priority=a.priority, reasons=a.reasons, recommendations=a.recommendations,
-                                quality=quality, heatmap=heatmap)
-    return outcomes
+            forward_ms = _ms(start)
+            start = time.perf_counter()
+            heatmaps = explainer.overlays(batch, maps)
+            explain_ms = _ms(start)
+        for p, row, heatmap in zip(ready, probs, heatmaps):
+            _assessed(p, row, heatmap, classifier, risk_t)
+            p.outcome.timings.update(forward_ms=round(forward_ms / len(ready), 2), batch_size=len(ready),
+                                     explained=explainer is not None,
+                                     precision=getattr(classifier, "precision", "float32"))
+            if explain_ms is not None:
+                p.outcome.timings["explain_ms"] = round(explain_ms / len(ready), 2)
+    return [p.outcome for p in prepared]
+
+
+def _assessed(p: Prepared, row: np.ndarray, heatmap: bytes | None, classifier, risk_t: RiskThresholds) -> None:
+    probabilities = {label: float(v) for label, v in zip(classifier.labels, row)}
+    a = assess(probabilities, risk_t, p.marginal)
+    p.outcome.status = ImageStatus.ANALYSED
+    p.outcome.analysis = dict(outcome=ImageStatus.ANALYSED, probabilities=probabilities,
+                              top_class=a.top_class, confidence=a.confidence,
+                              top3=[[s, v] for s, v in a.top3], risk_level=a.risk_level,
+                              priority=a.priority, reasons=a.reasons, recommendations=a.recommendations,
+                              quality=p.quality, heatmap=heatmap)
 
 
 def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, node: str, model_version: str,
@@ -125,12 +165,27 @@ def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, 
 def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> None:
     """Point each image at the earliest-closest other image whose perceptual hash is within reach.
 
-    A linear scan of the hashes: cheap next to a forward pass up to a few hundred thousand images.
+    A linear scan of every stored hash, vectorised: each row is parsed once per batch rather than once
+    per image, which kept the scan from growing into the database write's largest part.
     """
     known = session.execute(select(Image.id, Image.phash).where(Image.phash.is_not(None))).all()
     wanted = set(image_ids)
-    mine = {i: h for i, h in known if i in wanted}
-    for image_id, phash in mine.items():
-        match = nearest(phash, [(i, h) for i, h in known if i != image_id], max_distance)
+    if not known or not wanted:
+        return
+    ids = np.array([i for i, _ in known], np.int64)
+    hashes = np.array([int(h, 16) for _, h in known], np.uint64)
+    for at in np.flatnonzero(np.isin(ids, list(wanted))):
+        match = _nearest(ids, hashes, at, max_distance)
         if match is not None:
-            session.execute(update(Image).where(Image.id == image_id).values(near_duplicate_of_id=match))
+            session.execute(update(Image).where(Image.id == int(ids[at])).values(near_duplicate_of_id=match))
+
+
+def _nearest(ids: np.ndarray, hashes: np.ndarray, at: int, max_distance: int) -> int | None:
+    """triage.phash.nearest over arrays: the closest other hash within reach, ties to the lowest id."""
+    distance = np.bitwise_count(hashes ^ hashes[at]).astype(np.int64)
+    distance[at] = max_distance + 1  # never itself
+    close = np.flatnonzero(distance <= max_distance)
+    if close.size == 0:
+        return None
+    best = close[np.lexsort((ids[close], distance[close]))[0]]
+    return int(ids[best])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 from model.quality import QualityThresholds
@@ -34,9 +35,19 @@ class Runtime:
     def classifier(self):
         from model.loader import load_classifier
 
-        classifier = load_classifier(self.settings.model_path)
-        log.info("model %s ready (warm-up %.2fs)", classifier.version, classifier.warm_up())
+        classifier = load_classifier(self.settings.model_path, self.settings.precision)
+        warm = classifier.warm_up(self.batch_sizes)
+        log.info("model %s ready (warm-up %.2fs, %s)", classifier.version, warm, classifier.precision)
         return classifier
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes warmed up at start: every one a job can run, so no job meets a new shape (its
+        first call is slow, and the kernels it sets up grow the worker's memory mid-run). Above 16 only
+        powers of two and the largest, to keep start-up short."""
+        largest = self.settings.batch_max_size
+        sizes = {n for n in range(1, largest + 1) if n <= 16 or n & (n - 1) == 0}
+        return tuple(sorted(sizes | {largest}))
 
     @cached_property
     def explainer(self):
@@ -45,6 +56,22 @@ class Runtime:
         from model.gradcam import GradCam
 
         return GradCam(self.classifier)
+
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """Threads that prepare one batch's images side by side (None: in the job's own thread)."""
+        threads = self.settings.decode_threads
+        return ThreadPoolExecutor(threads, thread_name_prefix="prepare") if threads > 0 else None
+
+    @cached_property
+    def background(self) -> ThreadPoolExecutor:
+        """One thread that claims and prepares the next batch while the network runs this one."""
+        return ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+
+    @cached_property
+    def writer(self) -> ThreadPoolExecutor:
+        """One thread that writes results, one batch after another in the order they came out."""
+        return ThreadPoolExecutor(1, thread_name_prefix="write")
 
 
 _runtime: Runtime | None = None

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
+from concurrent.futures import wait
+from contextlib import contextmanager
 
 from celery import signals
 from celery.worker import state as worker_state
@@ -17,7 +21,7 @@ from triage.settings import get_settings
 from . import claims, metrics
 from .app import celery
 from .orphans import sweep_orphans
-from .pipeline import analyse_batch, write_outcomes
+from .pipeline import Prepared, classify, prepare_all, write_outcomes
 from .runtime import runtime
 from .watchdog import ConsumeWatchdog
 
@@ -29,9 +33,10 @@ def _load_model_in_child(**_):
     # Runs in the prefork child: TensorFlow starts here, after the fork, and the model is loaded
     # before the first job so no job pays for it.
     rt = runtime()
-    rt.classifier
-    if rt.explainer is not None:
-        rt.explainer.warm_up(rt.classifier.input_size)  # tracing the gradient graph takes seconds
+    classifier = rt.classifier
+    if rt.explainer is not None:  # tracing the gradient graph takes seconds
+        shapes = {classifier.batch_shape(n) for n in rt.batch_sizes}
+        rt.explainer.warm_up(classifier.input_size, tuple(sorted(shapes)))
     metrics.serve(rt.settings.worker_metrics_port, rt.classifier.version, rt.classifier.trained)
     heartbeat.start(rt.settings.redis_url, rt.node, {
         "model_loaded": True, "model_version": rt.classifier.version, "model_trained": rt.classifier.trained,
@@ -66,35 +71,137 @@ def _job_arrived(**_):
 @celery.task(name=ANALYSE_TASK, bind=True, autoretry_for=(OperationalError,), retry_backoff=1,
              retry_backoff_max=30, max_retries=20)
 def analyse_image(self, image_id: int) -> dict:
-    """Analyse this image and, to fill the batch, others waiting. A no-op if it is already taken."""
+    """Analyse this image and, to fill the batch, others waiting. A no-op if it is already taken.
+
+    With prefetching on, the job then keeps going with further waiting images for a while (see
+    `_run_batches`): the next batch is claimed and prepared while the current one is in the network.
+    """
+    with _stop_after_this_batch():
+        return _analyse(image_id)
+
+
+def _analyse(image_id: int) -> dict:
     rt = runtime()
     s = rt.settings
+    rt.classifier  # loaded here, never first on a helper thread, nor while images are held (solo pool)
+    start = time.perf_counter()
     got, given_up = claims.claim_batch(rt.db, image_id, limit=s.batch_max_size, lease_s=s.task_time_limit_s,
                                        max_attempts=s.max_attempts, node=rt.node)
     if not got:
         return {"image": image_id, "claimed": 0, "failed": given_up}
-    room = s.batch_max_size - len(got)
-    if room > 0 and got[0].attempts == 1 and s.batch_max_wait_ms > 0:
-        # A short wait lets a batch fill while an upload is still arriving; a lone image waits
-        # only this long, and a flood never waits because its batches are full at once.
-        time.sleep(s.batch_max_wait_ms / 1000)
-        got += claims.claim_more(rt.db, room, lease_s=s.task_time_limit_s, node=rt.node)
-    ids = [c.id for c in got]
+    held = [c.id for c in got]  # every image this job claimed: released together if anything fails
     try:
-        classifier = rt.classifier
-        outcomes = analyse_batch(got, classifier, rt.store, rt.quality_thresholds, rt.risk_thresholds,
-                                 rt.explainer)
-        ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
-                                 model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
-                                 near_duplicate_distance=s.near_duplicate_distance)
+        prepared = _fill_and_prepare(rt, got, held, claim_ms=_ms(start))
+        written = _run_batches(rt, prepared, held, chain=s.prefetch and got[0].attempts == 1)
     except (Exception, SoftTimeLimitExceeded) as exc:
-        log.exception("batch %s failed", ids)
-        back = claims.release(rt.db, ids, node=rt.node, error=f"{type(exc).__name__}: {exc}",
-                              max_attempts=s.max_attempts)
+        log.exception("batch %s failed", held)
+        # A database outage is not the images' fault: their attempts are given back.
+        back = claims.release(rt.db, held, node=rt.node, error=f"{type(exc).__name__}: {exc}",
+                              max_attempts=s.max_attempts, refund=isinstance(exc, OperationalError))
         enqueue_analysis(celery, back)
         raise
+    return {"image": image_id, "claimed": len(held), "written": written, "failed": given_up}
+
+
+_stop = threading.Event()
+
+
+@contextmanager
+def _stop_after_this_batch():
+    """During a job, a stop signal ends the chain of batches instead of the process.
+
+    A deployment's stop (systemd, `kill -- -<group>`) reaches this child as well as the worker's parent.
+    The parent's warm shutdown waits for the running job, but billiard's own handler would end the child
+    mid-batch, leaving claimed images behind. Outside a job the usual handler is back in place.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals need the main thread
+        yield
+        return
+    _stop.clear()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+def _fill_and_prepare(rt, got: list[claims.Claimed], held: list[int], claim_ms: float) -> list[Prepared]:
+    """Wait briefly for a part-filled batch to fill, preparing what is already claimed meanwhile.
+
+    A lone image waits only batch_max_wait_ms, and a flood never waits because its batches are full at
+    once. A retried image is never topped up: it is analysed alone.
+    """
+    s = rt.settings
+    room = s.batch_max_size - len(got)
+    if room <= 0 or got[0].attempts != 1 or s.batch_max_wait_ms <= 0:
+        return _prepare(rt, got, claim_ms)
+    first = rt.background.submit(_prepare, rt, got, claim_ms)
+    try:
+        time.sleep(s.batch_max_wait_ms / 1000)
+        start = time.perf_counter()
+        extra = claims.claim_more(rt.db, room, lease_s=s.task_time_limit_s, node=rt.node)
+        held.extend(c.id for c in extra)
+        more = _prepare(rt, extra, _ms(start))
+    finally:
+        wait([first])  # never leave it running into a release
+    return first.result() + more
+
+
+def _prepare(rt, got: list[claims.Claimed], claim_ms: float) -> list[Prepared]:
+    prepared = prepare_all(got, rt.store, rt.quality_thresholds, rt.classifier.input_size, rt.pool)
+    for p in prepared:
+        p.outcome.timings["claim_ms"] = round(claim_ms / max(1, len(got)), 2)
+    return prepared
+
+
+def _run_batches(rt, prepared: list[Prepared], held: list[int], chain: bool) -> int:
+    """Classify `prepared` and write it. With `chain`, keep going while fresh images wait, for at most a
+    tenth of the job's time limit (so the job ends well inside it and the node takes new messages).
+
+    While one batch is in the network, one thread claims and prepares the next and another writes the
+    last, so forward passes follow each other with no database or decoding gap, and a result is stored
+    as soon as its own batch is through. Returns the number of results written.
+    """
+    deadline = time.monotonic() + rt.settings.task_time_limit_s / 10
+    writes = []
+    try:
+        while prepared:
+            more = chain and not _stop.is_set() and time.monotonic() < deadline
+            upcoming = rt.background.submit(_claim_and_prepare, rt, held) if more else None
+            try:
+                outcomes = classify(prepared, rt.classifier, rt.risk_thresholds, rt.explainer)
+            finally:
+                if upcoming is not None:
+                    wait([upcoming])  # its claims must be in `held` before any release
+            writes.append(rt.writer.submit(_write, rt, outcomes))
+            prepared = upcoming.result() if upcoming is not None else []
+    finally:
+        wait(writes)  # a release must never race a write of the same images
+    return sum(w.result() for w in writes)
+
+
+def _claim_and_prepare(rt, held: list[int]) -> list[Prepared]:
+    s = rt.settings
+    start = time.perf_counter()
+    got = claims.claim_more(rt.db, s.batch_max_size, lease_s=s.task_time_limit_s, node=rt.node)
+    held.extend(c.id for c in got)
+    return _prepare(rt, got, _ms(start)) if got else []
+
+
+def _write(rt, outcomes) -> int:
+    classifier = rt.classifier
+    start = time.perf_counter()
+    ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
+                          model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
+                          near_duplicate_distance=rt.settings.near_duplicate_distance)
+    # One line per batch: where a batch's database time goes is not in its own rows (written last).
+    log.info("wrote batch of %d in %.1f ms", len(outcomes), (time.perf_counter() - start) * 1000)
     metrics.observe(outcomes, ages)
-    return {"image": image_id, "claimed": len(ids), "written": len(ages), "failed": given_up}
+    return len(ages)
 
 
 @celery.task(name=RECONCILE_TASK)

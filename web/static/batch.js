@@ -3,6 +3,7 @@
 // the results appear. No inline script (the CSP forbids it) and nothing from outside this server.
 (function () {
   "use strict";
+  showUploadReport();
   var section = document.querySelector("[data-poll]");
   if (!section) { return; }
   var url = section.getAttribute("data-poll");
@@ -41,4 +42,29 @@
   }
 
   window.setTimeout(poll, INTERVAL_MS);
+
+  // The upload page (static/upload.js) leaves its summary and every file that did not go in here when
+  // it opens this page; shown once.
+  function showUploadReport() {
+    var report = document.getElementById("upload-report");
+    var key = report && "dermatriage.upload-report:" + report.getAttribute("data-batch");
+    var saved = null;
+    try {
+      saved = key && JSON.parse(window.sessionStorage.getItem(key));
+      if (saved) { window.sessionStorage.removeItem(key); }
+    } catch (e) { saved = null; }
+    if (!saved) { return; }
+    report.querySelector("h2").textContent = saved.headline;
+    var list = report.querySelector("ul");
+    saved.problems.forEach(function (p) {
+      var item = document.createElement("li");
+      item.className = p.state;
+      var name = document.createElement("strong");
+      name.textContent = p.path;
+      item.appendChild(name);
+      item.appendChild(document.createTextNode(": " + p.state + (p.detail ? " — " + p.detail : "")));
+      list.appendChild(item);
+    });
+    report.hidden = false;
+  }
 }());

@@ -1,0 +1,225 @@
+"""Throughput work: the benchmark runs and reports every figure, and what it speeds up still gives the
+same answers (prepared on threads, batches chained, reduced precision, near-duplicate scan).
+
+No timings are asserted anywhere: a shared CI machine makes them meaningless. The benchmark itself is
+run by hand (`python -m scripts.benchmark`).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import imagegen
+from tests.support import ROOT
+from triage.schema import ImageStatus
+
+FIGURES = ("1. limit: compiled forward pass", "by batch size", "2. reference: one model.predict per image",
+           "3. pipeline end to end", "pipeline once running", "ratio 3/1", "ratio 3/2",
+           "idle, one image at a time", "steady load", "idle, parts", "idle p50 target", "worker memory",
+           "MB at start", "over the rest of the run", "decode", "quality checks", "preprocess", "forward (its batch",
+           "Grad-CAM pass", "heatmap overlays", "database (claim + write)", "at the pipeline's largest batch", "wall time per image", "CPU time per image",
+           "cores fit", "worker model process", "bfloat16:",
+           "top-1 identical", "largest probability difference")
+
+
+def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_path):
+    images = 6
+    out = tmp_path / "figures.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.benchmark", "--backbone", "tiny", "--images", str(images),
+         "--idle-samples", "2", "--load-images", "3", "--sample-images", "3", "--reference-images", "3",
+         "--min-images", "4", "--batch-sizes", "2", "--files-per-request", "4", "--workdir", str(tmp_path),
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    missing = [f for f in FIGURES if f not in run.stdout]
+    assert not missing, f"not printed: {missing}\n{run.stdout}"
+    assert "nan" not in run.stdout.lower().split("figures written")[0]
+
+    figures = json.loads(out.read_text())
+    model, pipe, targets = figures["model"], figures["pipeline"], figures["targets"]
+    # Batch 1 (the latency target's) and the pipeline's own largest batch are always measured.
+    assert sorted(int(b) for b in model["limit"]["by_batch_size"]) == [1, 2, 8]
+    assert pipe["throughput"]["images"] == images
+    assert pipe["throughput"]["statuses"] == {ImageStatus.ANALYSED: images}
+    assert pipe["idle_latency"]["samples"] == 2 and pipe["steady_load"]["samples"] == 3
+    speeds = [model["limit"]["images_per_s"], model["reference"]["images_per_s"],
+              pipe["throughput"]["images_per_s"], model["precision"][0]["images_per_s"]]
+    assert all(math.isfinite(v) and v > 0 for v in speeds)
+    assert targets["pipeline_over_limit"] == pytest.approx(speeds[2] / speeds[0])
+    assert targets["pipeline_over_reference"] == pytest.approx(speeds[2] / speeds[1])
+    assert pipe["rss_start_mb"] > 50 and pipe["rss_after_mb"] > 50  # the worker's child, model loaded
+    assert pipe["throughput"]["breakdown"]["mean_batch"] >= 1
+    assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's log
+    assert 0 <= model["precision"][0]["top1_identical"] <= 1
+
+
+def test_photos_are_realistic_sizes_and_never_the_same_bytes(tmp_path):
+    from PIL import Image
+
+    from scripts.benchmark import MAX_MEGAPIXELS, MIN_MEGAPIXELS, SCENES, PhotoSet, scene_size
+
+    megapixels = [w * h / 1e6 for w, h in map(scene_size, range(SCENES))]
+    assert min(megapixels) == pytest.approx(MIN_MEGAPIXELS, rel=0.01)
+    assert max(megapixels) == pytest.approx(MAX_MEGAPIXELS, rel=0.01)
+    # The same scene comes back flipped and marked: four files, four different contents.
+    paths = PhotoSet(tmp_path).paths(0, 1) + [PhotoSet(tmp_path).path(SCENES * k) for k in (1, 2, 3)]
+    assert len({p.read_bytes() for p in paths}) == 4
+    assert {Image.open(p).size for p in paths} == {scene_size(0)}
+
+
+# --- the pipeline's speed-ups keep its answers ----------------------------------------------------
+
+def test_prepared_on_threads_equals_prepared_one_by_one(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.quality import QualityThresholds
+    from triage.store import ImageStore
+    from worker.claims import Claimed
+    from worker.pipeline import prepare_all
+
+    store = ImageStore(tmp_path / "store")
+    files = [imagegen.jpeg(seed, 500 + 40 * seed, 400) for seed in range(5)]
+    files.insert(2, b"\xff\xd8 not really a jpeg")  # a broken file fails alone, in its place
+    files.append(imagegen.encode(imagegen.blurred(imagegen.skin_photo(9))))
+    claimed = [Claimed(i + 1, store.put(data)[0], 1) for i, data in enumerate(files)]
+    one_by_one = prepare_all(claimed, store, QualityThresholds(), 224)
+    with ThreadPoolExecutor(3) as pool:
+        threaded = prepare_all(claimed, store, QualityThresholds(), 224, pool)
+    assert [p.outcome.image_id for p in threaded] == [c.id for c in claimed]
+    assert [p.outcome.status for p in threaded] == [p.outcome.status for p in one_by_one]
+    assert threaded[2].outcome.error and "could not be decoded" in threaded[2].outcome.error
+    assert threaded[-1].outcome.status == ImageStatus.NEEDS_RESHOOT and threaded[-1].tensor is None
+    for a, b in zip(threaded, one_by_one):
+        assert (a.tensor is None) == (b.tensor is None)
+        if a.tensor is not None:
+            np.testing.assert_array_equal(a.tensor, b.tensor)
+
+
+def test_near_duplicate_flags_match_the_reference_scan(sqlite_url):
+    from sqlalchemy import select
+
+    from triage.db import Database
+    from triage.migrate import upgrade
+    from triage.phash import nearest
+    from triage.schema import Batch, Image
+    from worker.pipeline import flag_near_duplicates
+
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    rng = random.Random(7)
+    base = [rng.getrandbits(64) for _ in range(6)]
+    # Near copies of a few bases (ties included), far-away hashes, and images with no hash at all.
+    hashes = [b ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for b in base for _ in range(4)]
+    hashes += [base[0], base[0], None, None]
+    with db.session() as s:
+        batch = Batch(name="hashes")
+        s.add(batch)
+        s.flush()
+        images = [Image(batch_id=batch.id, display_name=f"{i}.jpg", sha256=f"{i:064x}", store_key=f"{i:064x}",
+                        size_bytes=1, width=300, height=300, format="JPEG", status=ImageStatus.PROCESSING,
+                        phash=None if h is None else f"{h:016x}") for i, h in enumerate(hashes)]
+        s.add_all(images)
+        s.flush()
+        ids = [i.id for i in images]
+    wanted = ids[::2] + ids[-4:]
+    with db.session() as s:
+        flag_near_duplicates(s, wanted, 6)
+    with db.session() as s:
+        known = s.execute(select(Image.id, Image.phash).where(Image.phash.is_not(None))).all()
+        flagged = dict(s.execute(select(Image.id, Image.near_duplicate_of_id)).all())
+    hash_of = dict(known)
+    for image_id in ids:
+        expected = None
+        if image_id in wanted and hash_of.get(image_id):
+            expected = nearest(hash_of[image_id], [(i, h) for i, h in known if i != image_id], 6)
+        assert flagged[image_id] == expected, image_id
+    assert any(flagged[i] is not None for i in wanted)
+    db.dispose()
+
+
+# --- reduced precision ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from model.demo import build_demo_model
+
+    path = tmp_path_factory.mktemp("precision") / "tiny.keras"
+    build_demo_model(path, "tiny", seed=4)
+    return path
+
+
+def photos(count: int) -> np.ndarray:
+    from model.preprocess import preprocess_rgb
+
+    return np.stack([preprocess_rgb(imagegen.skin_photo(seed, 480, 360)) for seed in range(count)])
+
+
+def test_bfloat16_keeps_the_classifier_contract_and_stays_close_to_float32(tiny_weights):
+    from model.gradcam import GradCam
+    from model.loader import load_classifier
+
+    full, reduced = load_classifier(tiny_weights), load_classifier(tiny_weights, "bfloat16")
+    assert (full.precision, reduced.precision) == ("float32", "bfloat16")
+    assert reduced.version == full.version and reduced.labels == full.labels
+    assert str(reduced.model.layers[-2].dtype_policy.name) == "mixed_bfloat16"
+    assert reduced.model.layers[-1].dtype_policy.name == "float32"  # the softmax stays in float32
+    batch = photos(6)
+    want, got = full.predict(batch), reduced.predict(batch)
+    assert got.shape == want.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, want, atol=0.05)  # bfloat16 keeps 8 bits of mantissa
+    assert reduced.warm_up((1, 3)) > 0
+    probs, pngs = GradCam(reduced).explain(batch[:2])
+    assert len(pngs) == 2 and np.isfinite(probs).all()
+    maps = GradCam(reduced).maps(batch[:2])
+    assert np.isfinite(maps).all() and maps.max() <= 1.0 + 1e-6
+
+
+def test_an_unknown_precision_is_refused(tiny_weights):
+    from model.loader import load_classifier
+
+    with pytest.raises(ValueError, match="unknown precision 'float8'"):
+        load_classifier(tiny_weights, "float8")
+
+
+def test_every_batch_size_a_job_can_run_is_warmed_up(tmp_path):
+    from triage.settings import Settings
+    from worker.runtime import Runtime
+
+    def sizes(largest: int) -> tuple[int, ...]:
+        return Runtime(Settings(data_dir=tmp_path, batch_max_size=largest)).batch_sizes
+
+    assert sizes(8) == tuple(range(1, 9))
+    assert sizes(1) == (1,)
+    assert sizes(40) == tuple(range(1, 17)) + (32, 40)
+
+
+# --- chained batches in a real worker ------------------------------------------------------------
+
+def job_results(worker) -> list[dict]:
+    found = re.findall(r"analyse_image\[[^\]]+\] succeeded in [\d.]+s: (\{.*\})", worker.output())
+    return [ast.literal_eval(text) for text in found]  # the worker logs each job's result as Python text
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_job_chains_batches_only_when_prefetching(make_stack, sqlite_url, prefetch):
+    stack = make_stack(sqlite_url, gradcam=False, batch_max_size=4, prefetch=prefetch)
+    body = stack.upload([(imagegen.jpeg(i, 320, 240), f"{i}.jpg") for i in range(20)]).get_json()
+    worker = stack.start_worker(name=f"chain-{prefetch}")
+    assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
+    assert set(stack.analysis_counts().values()) == {1}
+    claimed = [r["claimed"] for r in job_results(worker) if r.get("claimed")]
+    assert sum(claimed) == 20
+    if prefetch:
+        assert max(claimed) > 4, claimed  # one job went on to further batches while images waited
+    else:
+        assert max(claimed) <= 4, claimed

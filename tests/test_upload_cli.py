@@ -1,0 +1,269 @@
+"""`dermatriage upload` against the portal under gunicorn, over real HTTP: a folder tree with nested
+folders, a file that is not a photograph, a duplicate and a damaged photograph; killed half-way and
+resumed; transient failures; limits; a refused token."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from tests import imagegen
+from tests.support import ROOT, FlakyProxy, wait_until
+from triage.schema import AuditEvent, Image
+
+UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
+
+
+def make_tree(root: Path, photos: int) -> dict:
+    """`photos` distinct JPEGs spread over nested folders, plus: a copy of the first under another name,
+    a text file, a text file named like a photograph (last in order, so a run killed early has not
+    sent it), and a .DS_Store that is ignored. Returns what the batch should end up holding."""
+    folders = ["room 1", "room 1/close-ups", "room 2", "room 2/follow-up/week 2"]
+    names = []
+    for i in range(photos):
+        rel = f"{folders[i % len(folders)]}/lesion-{i:03d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(imagegen.jpeg(i, 64, 48))
+        names.append(f"{root.name}/{rel}")
+    first = root / "room 1" / "lesion-000.jpg"
+    (root / "room 2" / "copy of lesion-000.jpg").write_bytes(first.read_bytes())
+    (root / "room 2" / "notes.txt").write_text("patient list: not for the portal")
+    (root / "zz last").mkdir()
+    (root / "zz last" / "scan.jpg").write_text("a text file named like a photograph")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    return {"accepted": sorted(names), "duplicate": {f"{root.name}/room 2/copy of lesion-000.jpg": names[0]},
+            "rejected": {f"{root.name}/room 2/notes.txt": "Not a JPEG, PNG or WEBP file; not sent.",
+                         f"{root.name}/zz last/scan.jpg": UNREADABLE}}
+
+
+def env_for(tmp_path: Path, token: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMATRIAGE_")}
+    env.update(DERMATRIAGE_TOKEN=token, XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    return env
+
+
+def run_upload(tmp_path: Path, token: str, *args: str, module: str = "scripts.upload"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env_for(tmp_path, token),
+                          capture_output=True, text=True, timeout=300)
+
+
+def batch_names(stack, batch_id: int) -> list[str]:
+    with stack.db.session() as s:
+        return sorted(s.scalars(select(Image.display_name).where(Image.batch_id == batch_id)))
+
+
+def image_count(stack) -> int:
+    with stack.db.session() as s:
+        return s.scalar(select(func.count()).select_from(Image))
+
+
+def files_received(stack, batch_id: int) -> dict[str, int]:
+    """What the server was sent for the batch, summed over every upload request (from the audit log)."""
+    totals = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    with stack.db.session() as s:
+        for details in s.scalars(select(AuditEvent.details).where(
+                AuditEvent.action == "batch.upload", AuditEvent.target_id == batch_id)):
+            for key in totals:
+                totals[key] += details[key]
+    return totals
+
+
+def by_status(report: dict) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for f in report["files"]:
+        out.setdefault(f["status"], {})[f["path"]] = f
+    return out
+
+
+def test_a_killed_upload_resumes_sending_only_what_is_missing(sqlite_stack, tmp_path):
+    stack = sqlite_stack
+    web = stack.start_web()
+    tree = tmp_path / "clinic 2026-11-24"
+    expected = make_tree(tree, photos=120)
+    args = [str(tree), "--server", web.url, "--parallel", "1", "--files-per-request", "1"]
+
+    # First run: one file per request, killed (SIGKILL: no chance to tidy up) once 20 have arrived.
+    first = subprocess.Popen([sys.executable, "-m", "scripts.upload", *args, "--quiet"], cwd=ROOT,
+                             env=env_for(tmp_path, stack.token), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: image_count(stack) >= 20, 120, 0.02, "the first run to send 20 photographs")
+    assert first.poll() is None, "the first run finished before it could be interrupted"
+    first.kill()
+    first.wait(10)
+    # A request the server had fully received is still stored after the client died: wait until
+    # nothing changes any more, then note what the batch holds.
+    counts = []
+    wait_until(lambda: counts.append(image_count(stack)) or counts[-3:] == [counts[-1]] * 3 and len(counts) >= 3,
+               30, 0.3, "the server to finish the last request")
+    with stack.db.session() as s:
+        batch_id = s.scalar(select(Image.batch_id))
+    before = set(batch_names(stack, batch_id))
+    assert 20 <= len(before) < len(expected["accepted"])
+
+    # Second run: the same command resumes the same batch (remembered in the state file) and sends the rest.
+    report_path = tmp_path / "second.json"
+    second = run_upload(tmp_path, stack.token, *args, "--report", str(report_path))
+    assert second.returncode == 1, second.stderr  # something was rejected
+    report = json.loads(report_path.read_text())
+    assert report["batch_id"] == batch_id
+    outcomes = by_status(report)
+    assert sorted(outcomes["accepted"]) == expected["accepted"]
+    already = {p for p, f in outcomes["accepted"].items() if f["how"] == "already"}
+    sent = {f["path"] for f in report["files"] if f["how"] == "sent"}
+    # What the batch held is recognised (plus at most the one file in flight at the kill, should the
+    # server have committed it only after we looked), and only the rest is sent.
+    assert before <= already and len(already - before) <= 1
+    assert sent == (set(expected["accepted"]) - already) | {f"{tree.name}/zz last/scan.jpg"}
+    assert report["sent_files"] == len(sent)
+    assert {p: f["duplicate_of"] for p, f in outcomes["duplicate"].items()} == expected["duplicate"]
+    assert {p: f["reason"] for p, f in outcomes["rejected"].items()} == expected["rejected"]
+    assert "failed" not in outcomes
+    assert report["counts"] == {"accepted": 120, "duplicate": 1, "rejected": 2, "failed": 0}
+
+    # The batch holds each photograph once, under its path in the folder; nothing was sent twice
+    # (a file sent again would have come back as a duplicate), and the copy never left the machine.
+    assert batch_names(stack, batch_id) == expected["accepted"]
+    assert files_received(stack, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
+    summary = second.stdout
+    assert f"Batch #{batch_id}" in summary and "120 accepted" in summary and "2 rejected" in summary
+    assert "notes.txt: Not a JPEG, PNG or WEBP file; not sent." in summary
+    assert "copy of lesion-000.jpg: same file as " in summary
+
+    # Third run, through `dermatriage upload`: nothing left to send, and the rejection is remembered.
+    third = run_upload(tmp_path, stack.token, "upload", *args, "--report", str(tmp_path / "third.json"),
+                       module="scripts.cli")
+    assert third.returncode == 1
+    again = json.loads((tmp_path / "third.json").read_text())
+    assert again["sent_files"] == 0 and again["counts"] == report["counts"]
+    assert files_received(stack, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
+
+
+def test_transient_failures_are_retried_and_lost_answers_not_resent(sqlite_stack, tmp_path):
+    stack = sqlite_stack
+    web = stack.start_web()
+    tree = tmp_path / "visit"
+    (tree / "a" / "b").mkdir(parents=True)
+    for i in range(12):
+        (tree / ("a/b" if i % 2 else "a") / f"{i:02d}.jpg").write_bytes(imagegen.jpeg(100 + i, 64, 48))
+    # The 1st upload request gets a 503, the 2nd and 3rd reach the server but their answers are lost.
+    proxy = FlakyProxy(web.url, busy={1}, lost={2, 3}).start()
+    try:
+        done = run_upload(tmp_path, stack.token, str(tree), "--server", proxy.url, "--parallel", "2",
+                          "--files-per-request", "3", "--report", str(tmp_path / "r.json"))
+    finally:
+        proxy.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(proxy.spoiled) == [(1, "busy"), (2, "lost"), (3, "lost")]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["counts"] == {"accepted": 12, "duplicate": 0, "rejected": 0, "failed": 0}
+    assert report["retries"] == 3
+    assert report["sent_files"] == 12 + 3  # only the request refused as busy went again
+    # The files whose answers were lost were found in the batch, not sent again.
+    received = files_received(stack, report["batch_id"])
+    assert received == {"accepted": 12, "duplicate": 0, "rejected": 0}
+    assert len(batch_names(stack, report["batch_id"])) == 12
+
+
+def test_requests_are_cut_to_the_servers_limits(make_stack, sqlite_url, tmp_path):
+    stack = make_stack(sqlite_url, max_files_per_request=3, max_request_bytes=400_000, max_file_bytes=150_000)
+    web = stack.start_web()
+    tree = tmp_path / "limits"
+    tree.mkdir()
+    sizes = {}
+    for i in range(8):
+        data = imagegen.jpeg(200 + i, 320, 240, quality=95)
+        (tree / f"{i}.jpg").write_bytes(data)
+        sizes[i] = len(data)
+    big = imagegen.encode(imagegen.skin_photo(7, 900, 700), "PNG")
+    assert len(big) > 150_000
+    (tree / "huge.png").write_bytes(big)
+    done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
+    assert done.returncode == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["counts"] == {"accepted": 8, "duplicate": 0, "rejected": 1, "failed": 0}
+    huge = next(f for f in report["files"] if f["path"].endswith("huge.png"))
+    assert huge["how"] == "local" and "limit" in huge["reason"]  # never sent
+    with stack.db.session() as s:
+        requests = s.scalars(select(AuditEvent.details).where(AuditEvent.action == "batch.upload")).all()
+    assert all(r["accepted"] + r["duplicate"] + r["rejected"] <= 3 for r in requests)
+    assert sum(r["accepted"] for r in requests) == 8 and report["requests"] == len(requests) >= 3
+
+
+def test_a_refused_token_or_unknown_batch_stops_at_once(sqlite_stack, tmp_path):
+    web = sqlite_stack.start_web()
+    tree = tmp_path / "few"
+    tree.mkdir()
+    (tree / "a.jpg").write_bytes(imagegen.jpeg(1, 64, 48))
+    refused = run_upload(tmp_path, "dt_not-a-token", str(tree), "--server", web.url)
+    assert refused.returncode == 2 and "refused the API token" in refused.stderr
+    unknown = run_upload(tmp_path, sqlite_stack.token, str(tree), "--server", web.url, "--batch", "999")
+    assert unknown.returncode == 2 and "Batch 999 does not exist" in unknown.stderr
+    assert image_count(sqlite_stack) == 0
+
+
+def test_the_walk_names_files_from_the_folder_and_leaves_out_system_files(tmp_path):
+    from scripts.upload import walk
+
+    root = tmp_path / "day 1"
+    for rel in ("b.JPG", "a/c.png", "a/d.webp", "notes.txt", ".DS_Store", "._b.JPG", "Thumbs.db", ".git/x.jpg",
+                "skip/e.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    photos, others = walk(root, (".jpg", ".png", ".webp"), ["skip/*"])
+    assert [f.rel for f in photos] == ["day 1/a/c.png", "day 1/a/d.webp", "day 1/b.JPG"]
+    assert others == {"day 1/gone.jpg": "Could not be read (No such file or directory); not sent.",
+                      "day 1/notes.txt": "Not a JPEG, PNG or WEBP file; not sent."}
+
+
+def test_the_resume_state_keeps_every_answer_recorded_before_a_kill(tmp_path):
+    from scripts.upload import LocalFile, Outcome, ResumeState
+
+    path = tmp_path / "state.json"
+    state = ResumeState(path, "http://portal", tmp_path)
+    state.use_batch(7)
+    state.save()
+    files = [LocalFile(f"f/{i}.jpg", tmp_path / f"{i}.jpg", 10 + i, 100 + i, f"{i:064x}") for i in range(3)]
+    state.remember(files[0], Outcome("accepted", "sent", image_id=1))
+    state.remember(files[1], Outcome("rejected", "sent", "Not an image."))
+    state.record(files[:2])
+    with open(state.journal, "a") as fh:
+        fh.write('["f/2.jpg", {"size": 1')  # the process died while writing this line
+    again = ResumeState(path, "http://portal", tmp_path)
+    assert again.batch_id == 7 and sorted(again.files) == ["f/0.jpg", "f/1.jpg"]
+    assert again.rejected_before(files[1]) == "Not an image." and again.cached_hash(files[0]) == files[0].sha256
+    assert ResumeState(path, "http://another-portal", tmp_path).batch_id is None  # per server and folder
+
+
+def test_photographs_sent_from_a_folder_are_stored_without_metadata(sqlite_stack, tmp_path):
+    import io
+
+    import requests
+    from PIL import Image as PILImage
+
+    stack = sqlite_stack
+    web = stack.start_web()
+    exif = PILImage.Exif()
+    exif[0x0132] = "2026:11:24 09:15:00"
+    exif.get_ifd(0x8769)[0xA431] = "SERIAL-0042"
+    exif.get_ifd(0x8825)[2] = (51.0, 30.0, 12.5)
+    buf = io.BytesIO()
+    PILImage.fromarray(imagegen.skin_photo(5, 320, 240)).save(
+        buf, "JPEG", exif=exif.tobytes(), comment=b"Patient: Jane Doe",
+        xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description>Jane Doe</rdf:Description></x:xmpmeta>')
+    tree = tmp_path / "private"
+    tree.mkdir()
+    (tree / "lesion.jpg").write_bytes(buf.getvalue())
+    assert b"SERIAL-0042" in buf.getvalue() and b"Jane Doe" in buf.getvalue()
+    done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    image_id = json.loads((tmp_path / "r.json").read_text())["files"][0]["image_id"]
+    stored = requests.get(f"{web.url}/images/{image_id}/file", headers={"Authorization": f"Bearer {stack.token}"},
+                          timeout=30).content
+    for secret in (b"Exif", b"SERIAL-0042", b"2026:11:24", b"Jane Doe", b"xmpmeta"):
+        assert secret not in stored
+    assert not PILImage.open(io.BytesIO(stored)).getexif()

@@ -1,0 +1,88 @@
+"""What a bulk uploader (the portal's page or `dermatriage upload`) asks before it sends anything.
+
+`GET /api/uploads/limits` tells it how to cut a folder into requests the server will take, and
+`POST /api/batches/<id>/missing` which files a batch still lacks, so an interrupted upload resumes
+by sending only those. Files are named by the SHA-256 of their bytes where the client can compute
+it, else by the folder-relative path they were uploaded under.
+"""
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+
+from triage.imaging import ACCEPTED_FORMATS
+from triage.schema import Batch, Image
+
+from .ingest import display_name, known_hashes
+from .services import services
+
+bp = Blueprint("uploads", __name__)
+# What the uploaders send; anything else in a folder is listed as skipped and never sent. The
+# server decides by content, not by name: a text file called lesion.jpg is sent and rejected.
+EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp")
+MAX_LOOKUP = 10_000  # hashes or names in one question: a clinic day is a few thousand photographs
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def upload_limits(settings) -> dict:
+    """What an uploader must respect; the page gets the same as data attributes."""
+    return {"max_file_bytes": settings.max_file_bytes, "max_files_per_request": settings.max_files_per_request,
+            "max_request_bytes": settings.max_request_bytes, "max_lookup": MAX_LOOKUP,
+            "formats": list(ACCEPTED_FORMATS), "extensions": list(EXTENSIONS)}
+
+
+@bp.get("/api/uploads/limits")
+def limits():
+    return jsonify(upload_limits(services().settings))
+
+
+@bp.post("/api/batches/<int:batch_id>/missing")
+def missing(batch_id: int):
+    """JSON `{"sha256": [...], "names": [...]}` (either or both) -> which of them the batch lacks,
+    and for those it has, the image id (and, for hashes, the name it holds them under)."""
+    body = request.get_json(silent=True)
+    hashes, names, error = _lookup_lists(body)
+    if error:
+        return jsonify(error=error), 400
+    svc = services()
+    with svc.db.session() as s:
+        if s.get(Batch, batch_id) is None:
+            return jsonify(error=f"Batch {batch_id} does not exist."), 404
+    by_hash = known_hashes(svc, batch_id, sorted(set(hashes))) if hashes else {}
+    by_name = _known_names(batch_id, names) if names else {}
+    return jsonify(
+        batch_id=batch_id,
+        missing={"sha256": [h for h in hashes if h not in by_hash],
+                 "names": [n for n in names if display_name(n) not in by_name]},
+        present={"sha256": {h: {"image_id": i, "name": n} for h, (i, n) in by_hash.items()},
+                 "names": {n: by_name[display_name(n)] for n in names if display_name(n) in by_name}})
+
+
+def _lookup_lists(body) -> tuple[list[str], list[str], str | None]:
+    if not isinstance(body, dict):
+        return [], [], 'Send JSON: {"sha256": ["<64 hex digits>", ...]} and/or {"names": ["folder/file.jpg", ...]}.'
+    hashes, names = body.get("sha256", []), body.get("names", [])
+    if not isinstance(hashes, list) or not isinstance(names, list):
+        return [], [], "`sha256` and `names` must be lists."
+    if len(hashes) > MAX_LOOKUP or len(names) > MAX_LOOKUP:
+        return [], [], f"Ask about at most {MAX_LOOKUP} hashes and {MAX_LOOKUP} names at a time."
+    hashes = [h.lower() if isinstance(h, str) else h for h in hashes]
+    if not all(isinstance(h, str) and _SHA256.match(h) for h in hashes):
+        return [], [], "Every entry of `sha256` must be a SHA-256 in 64 hex digits."
+    if not all(isinstance(n, str) for n in names):
+        return [], [], "Every entry of `names` must be a string."
+    return hashes, names, None
+
+
+def _known_names(batch_id: int, names: list[str]) -> dict[str, int]:
+    """{display name: image id} for those of `names` the batch holds (cleaned as at upload)."""
+    wanted = sorted({display_name(n) for n in names})
+    found: dict[str, int] = {}
+    with services().db.session() as s:
+        for start in range(0, len(wanted), 500):
+            rows = s.execute(select(Image.display_name, Image.id).where(
+                Image.batch_id == batch_id, Image.display_name.in_(wanted[start:start + 500])))
+            found.update(rows.all())
+    return found

@@ -161,3 +161,12 @@ def test_web_metrics_need_a_token_and_report_the_state(sqlite_stack):
     assert 'dermatriage_images{status="queued"} 1.0' in text
     assert "dermatriage_queue_depth 1.0" in text
     assert 'dermatriage_web_files_total{result="rejected"}' in text
+
+
+def test_admins_see_a_link_to_flower_and_reviewers_do_not(sqlite_stack):
+    stack = sqlite_stack
+    admin_page = stack.login().get("/").get_data(as_text=True)
+    assert f'href="{stack.settings.flower_url}"' in admin_page
+    stack.add_user("rev", "reviewer")
+    reviewer_page = stack.login(stack.app.test_client(), "rev").get("/").get_data(as_text=True)
+    assert "Flower" not in reviewer_page

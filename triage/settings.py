@@ -106,6 +106,8 @@ class Settings(BaseSettings):
                                                      "flagged as near-duplicates.")
     # --- flower ------------------------------------------------------------------------------
     flower_port: int = Field(5555, validation_alias=_env("DERMATRIAGE_FLOWER_PORT"), description="Port of Flower.")
+    flower_url: str = Field("http://127.0.0.1:5555/", validation_alias=_env("DERMATRIAGE_FLOWER_URL"),
+                            description="Where admins' browsers reach Flower (linked from the portal's menu).")
     flower_user: str = Field("admin", validation_alias=_env("DERMATRIAGE_FLOWER_USER"),
                              description="Flower basic-auth user.")
     flower_password: str = Field("", validation_alias=_env("DERMATRIAGE_FLOWER_PASSWORD"),

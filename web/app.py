@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_auth(app, settings)
     for blueprint in (bp, upload_api.bp, account.bp, admin.bp, review.bp, exports.bp, metrics.bp):
         app.register_blueprint(blueprint)
-    app.context_processor(lambda: {"disclaimer": DISCLAIMER})
+    app.context_processor(lambda: {"disclaimer": DISCLAIMER, "flower_url": settings.flower_url})
     register_filters(app)
     record_settings_change(services.db, settings)
     app.after_request(_security_headers)

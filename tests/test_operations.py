@@ -21,16 +21,21 @@ from triage.schema import ImageStatus
 def test_health_status_and_metrics_report_the_loaded_model(make_stack, sqlite_url):
     metrics_port = free_port()
     stack = make_stack(sqlite_url, worker_metrics_port=metrics_port)
-    worker = stack.start_worker(name="ops")
-    health = wait_until(lambda: (h := stack.client.get("/health").get_json())["workers"] and h, 180,
+    name = f"ops-{free_port()}"  # heartbeats of other tests' workers may still be on the shared Redis
+    worker = stack.start_worker(name=name)
+
+    def mine(workers):
+        return [w for w in workers if w["node"] == name]
+
+    health = wait_until(lambda: mine(stack.client.get("/health").get_json().get("workers", [])), 180,
                         message="the worker's heartbeat")
-    [seen] = health["workers"]
-    assert seen["node"] == "ops" and seen["model_loaded"] is True
+    [seen] = health
+    assert seen["model_loaded"] is True
     assert seen["model_version"].startswith("demo-tiny-untrained@") and seen["model_trained"] is False
     status = subprocess.run([sys.executable, "-m", "scripts.cli", "status"], cwd=ROOT, capture_output=True,
                             text=True, env=child_env(stack.settings), timeout=60)
     report = json.loads(status.stdout)
-    assert status.returncode == 0 and report["workers"][0]["model_version"] == seen["model_version"]
+    assert status.returncode == 0 and mine(report["workers"])[0]["model_version"] == seen["model_version"]
 
     body = stack.upload([(imagegen.jpeg(i), f"{i}.jpg") for i in range(3)]).get_json()
     stack.wait_final(body["batch_id"])

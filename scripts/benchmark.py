@@ -533,6 +533,7 @@ def throughput(system: System, paths: list[Path], files_per_request: int, upload
     return {"images": len(ids), "statuses": count(statuses.values()), "seconds": seconds,
             "rss_settled_mb": memory.at(times[len(times) // 10]), "rss_settled_after": len(times) // 10,
             "cpu_ms": cpu, "cpu_ms_total": sum(cpu.values()),
+            "rss_samples": [(round(t - started, 1), round(mb, 1)) for t, mb in memory.samples],
             "images_per_s": len(ids) / seconds, "uploads_done_s": uploaded - started,
             "steady_images_per_s": steady_rate(times),
             "breakdown": breakdown(stored, seconds / len(ids), system.worker.output()[log_from:])}

@@ -642,7 +642,10 @@ def read_token(args: argparse.Namespace) -> str:
     if args.token:
         return args.token.strip()
     if args.token_file:
-        return args.token_file.read_text().strip()
+        try:
+            return args.token_file.read_text().strip()
+        except OSError as exc:
+            raise Fatal(f"Cannot read the token file {args.token_file}: {exc.strerror}.") from None
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise Fatal(f"No API token: set ${TOKEN_ENV}, or pass --token-file. Create one under Account in the "

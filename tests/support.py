@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from triage.settings import Settings
 
@@ -364,3 +364,25 @@ class FlakyProxy:
             do_GET = do_POST = _relay
 
         return Handler
+
+
+def batch_image_names(db, batch_id: int) -> list[str]:
+    """The display names of a batch's images, sorted."""
+    from triage.schema import Image
+
+    with db.session() as s:
+        return sorted(s.scalars(select(Image.display_name).where(Image.batch_id == batch_id)))
+
+
+def files_received(db, batch_id: int) -> dict[str, int]:
+    """What the portal was sent for a batch, summed over every upload request (from the audit log): a
+    file sent twice shows as a duplicate here even when the sender never heard the answer."""
+    from triage.schema import AuditEvent
+
+    totals = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    with db.session() as s:
+        for details in s.scalars(select(AuditEvent.details).where(
+                AuditEvent.action == "batch.upload", AuditEvent.target_id == batch_id)):
+            for key in totals:
+                totals[key] += details[key]
+    return totals

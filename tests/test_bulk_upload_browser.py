@@ -11,9 +11,8 @@ from sqlalchemy import select
 
 from tests import imagegen
 from tests.conftest import ARTIFACTS
-from tests.support import FlakyProxy
+from tests.support import FlakyProxy, batch_image_names, files_received
 from tests.test_browser import browser, csp_errors, sign_in  # noqa: F401 (browser is a fixture)
-from tests.test_upload_cli import batch_names, files_received
 from triage.schema import Batch
 
 pytestmark = pytest.mark.browser
@@ -101,8 +100,8 @@ def test_a_dropped_folder_goes_up_with_progress_and_a_state_per_file(browser, sq
         with stack.db.session() as s:
             batch_id, name = s.execute(select(Batch.id, Batch.name)).one()
         assert name == "Dropped folder"
-        assert batch_names(stack, batch_id) == expected  # folder-relative names, nested folders kept
-        assert files_received(stack, batch_id) == {"accepted": 17, "duplicate": 1, "rejected": 1}
+        assert batch_image_names(stack.db, batch_id) == expected  # folder-relative names, nested folders kept
+        assert files_received(stack.db, batch_id) == {"accepted": 17, "duplicate": 1, "rejected": 1}
 
         # Once a worker has analysed them, the page opens the batch, which lists every photograph under
         # its path in the folder, and this upload's problems.
@@ -142,7 +141,7 @@ def test_dropping_the_folder_again_in_a_new_tab_sends_only_what_is_missing(brows
         first.close()  # the tab is closed mid-way; the other requests were still being retried
         with stack.db.session() as s:
             batch_id = s.scalar(select(Batch.id))
-        arrived = set(batch_names(stack, batch_id))
+        arrived = set(batch_image_names(stack.db, batch_id))
         assert 0 < len(arrived) < len(names)
 
         proxy.busy.clear()
@@ -166,8 +165,8 @@ def test_dropping_the_folder_again_in_a_new_tab_sends_only_what_is_missing(brows
         assert second.inner_text("#bulk-percent") == "100%"
         assert re.search(rf"25 accepted, 0 duplicate, 0 rejected \({len(arrived)} already in the batch\)",
                          second.inner_text("#bulk-summary"))
-        assert batch_names(stack, batch_id) == names
-        assert files_received(stack, batch_id) == {"accepted": 25, "duplicate": 0, "rejected": 0}  # none sent twice
+        assert batch_image_names(stack.db, batch_id) == names
+        assert files_received(stack.db, batch_id) == {"accepted": 25, "duplicate": 0, "rejected": 0}  # none sent twice
         second.close()
     finally:
         context.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tests import imagegen
-from tests.support import ROOT, FlakyProxy, wait_until
+from tests.support import ROOT, FlakyProxy, batch_image_names, files_received, wait_until
 from triage.schema import AuditEvent, Image
 
 UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
@@ -52,25 +51,9 @@ def run_upload(tmp_path: Path, token: str, *args: str, module: str = "scripts.up
                           capture_output=True, text=True, timeout=300)
 
 
-def batch_names(stack, batch_id: int) -> list[str]:
-    with stack.db.session() as s:
-        return sorted(s.scalars(select(Image.display_name).where(Image.batch_id == batch_id)))
-
-
 def image_count(stack) -> int:
     with stack.db.session() as s:
         return s.scalar(select(func.count()).select_from(Image))
-
-
-def files_received(stack, batch_id: int) -> dict[str, int]:
-    """What the server was sent for the batch, summed over every upload request (from the audit log)."""
-    totals = {"accepted": 0, "duplicate": 0, "rejected": 0}
-    with stack.db.session() as s:
-        for details in s.scalars(select(AuditEvent.details).where(
-                AuditEvent.action == "batch.upload", AuditEvent.target_id == batch_id)):
-            for key in totals:
-                totals[key] += details[key]
-    return totals
 
 
 def by_status(report: dict) -> dict[str, dict[str, dict]]:
@@ -101,7 +84,7 @@ def test_a_killed_upload_resumes_sending_only_what_is_missing(sqlite_stack, tmp_
                30, 0.3, "the server to finish the last request")
     with stack.db.session() as s:
         batch_id = s.scalar(select(Image.batch_id))
-    before = set(batch_names(stack, batch_id))
+    before = set(batch_image_names(stack.db, batch_id))
     assert 20 <= len(before) < len(expected["accepted"])
 
     # Second run: the same command resumes the same batch (remembered in the state file) and sends the rest.
@@ -126,8 +109,8 @@ def test_a_killed_upload_resumes_sending_only_what_is_missing(sqlite_stack, tmp_
 
     # The batch holds each photograph once, under its path in the folder; nothing was sent twice
     # (a file sent again would have come back as a duplicate), and the copy never left the machine.
-    assert batch_names(stack, batch_id) == expected["accepted"]
-    assert files_received(stack, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
+    assert batch_image_names(stack.db, batch_id) == expected["accepted"]
+    assert files_received(stack.db, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
     summary = second.stdout
     assert f"Batch #{batch_id}" in summary and "120 accepted" in summary and "2 rejected" in summary
     assert "notes.txt: Not a JPEG, PNG or WEBP file; not sent." in summary
@@ -139,7 +122,7 @@ def test_a_killed_upload_resumes_sending_only_what_is_missing(sqlite_stack, tmp_
     assert third.returncode == 1
     again = json.loads((tmp_path / "third.json").read_text())
     assert again["sent_files"] == 0 and again["counts"] == report["counts"]
-    assert files_received(stack, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
+    assert files_received(stack.db, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
 
 
 def test_transient_failures_are_retried_and_lost_answers_not_resent(sqlite_stack, tmp_path):
@@ -163,9 +146,9 @@ def test_transient_failures_are_retried_and_lost_answers_not_resent(sqlite_stack
     assert report["retries"] == 3
     assert report["sent_files"] == 12 + 3  # only the request refused as busy went again
     # The files whose answers were lost were found in the batch, not sent again.
-    received = files_received(stack, report["batch_id"])
+    received = files_received(stack.db, report["batch_id"])
     assert received == {"accepted": 12, "duplicate": 0, "rejected": 0}
-    assert len(batch_names(stack, report["batch_id"])) == 12
+    assert len(batch_image_names(stack.db, report["batch_id"])) == 12
 
 
 def test_requests_are_cut_to_the_servers_limits(make_stack, sqlite_url, tmp_path):

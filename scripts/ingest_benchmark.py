@@ -4,7 +4,7 @@ Makes distinct JPEGs of about 200 KB, starts a private Redis and the portal (gun
 threads, SQLite, local image folder), and uploads them with `dermatriage upload`: all from one
 uploader, then the same number split across eight uploaders running at once. Each round starts on
 an empty data folder, so no file is found already stored. No analysis worker runs: this measures
-taking images in (hash, full decode, metadata stripped, durable write, rows, jobs on Redis).
+taking images in (hash, decode with every block checked, metadata stripped, durable write, rows, jobs on Redis).
 
     python -m scripts.ingest_benchmark                 # 1200 images, 3 rounds of each
     python -m scripts.ingest_benchmark --images 400 --rounds 1 --uploaders 1,4,8

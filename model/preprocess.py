@@ -5,13 +5,12 @@
 and OpenCV so the quality gate and the web never need TensorFlow; tests check it against Keras.
 
 The reference model was trained on `tf.image.resize` output: bilinear, half-pixel centres, no
-antialiasing, float (not rounded back to uint8). OpenCV's INTER_LINEAR on float32 input computes
-the same thing; Pillow's BILINEAR does not (it widens its filter when shrinking, which blurs a
-large photo and moves pixels by tens of grey levels), so Pillow is not used here.
+antialiasing, float (not rounded back to uint8). `resize_rgb` computes the same thing (so does
+OpenCV's INTER_LINEAR on float input); Pillow's BILINEAR does not (it widens its filter when
+shrinking, which blurs a large photo and moves pixels by tens of grey levels), so Pillow is not used.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 INPUT_SIZE = 224
@@ -21,11 +20,34 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 def resize_rgb(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Squash to (size, size, 3) float32 (no aspect ratio kept), as the reference's training did."""
-    pixels = np.asarray(rgb, dtype=np.float32)
+    """Squash to (size, size, 3) float32 (no aspect ratio kept), as the reference's training did.
+
+    Bilinear without antialiasing reads only the two nearest rows and columns of each output pixel,
+    so those are gathered from the uint8 image and interpolated in float: the same numbers as
+    converting the whole photograph to float first (a 48 MB copy for 4 megapixels) and resizing it.
+    """
+    pixels = np.asarray(rgb)
     if pixels.shape[0] == size and pixels.shape[1] == size:
-        return pixels
-    return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_LINEAR)
+        return pixels.astype(np.float32)
+    y0, y1, fy = _bilinear_taps(pixels.shape[0], size)
+    x0, x1, fx = _bilinear_taps(pixels.shape[1], size)
+    rows = np.take(pixels, np.concatenate([y0, y1]), axis=0)
+    taps = np.take(rows, np.concatenate([x0, x1]), axis=1).astype(np.float32)
+    n = size
+    left, right = taps[:, :n], taps[:, n:]
+    across = left + (right - left) * fx[None, :, None]
+    top, bottom = across[:n], across[n:]
+    return top + (bottom - top) * fy[:, None, None]
+
+
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output position: the two input positions it lies between and the weight of the second,
+    with half-pixel centres and edges clamped (tf.image.resize's and OpenCV's INTER_LINEAR rule)."""
+    centre = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    centre = np.clip(centre, 0, n_in - 1)
+    lower = np.floor(centre).astype(np.intp)
+    upper = np.minimum(lower + 1, n_in - 1)
+    return lower, upper, (centre - lower).astype(np.float32)
 
 
 def caffe_normalise(rgb: np.ndarray) -> np.ndarray:

@@ -166,10 +166,18 @@ def flat_colour_share(rgb: np.ndarray) -> float:
     """Share of the frame in the few commonest exact colours: high for documents, screenshots and
     blank frames, tiny for photographs, whose sensor noise makes neighbouring pixels differ. Black is
     left out, since a dermatoscope's vignette is legitimately one flat colour."""
-    lit = rgb.max(axis=2) >= NEAR_BLACK
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    lit = _brightest_channel(rgb) >= NEAR_BLACK
+    # Each pixel as one 32-bit number (its RGB bytes plus a constant alpha), so colours compare as
+    # integers; OpenCV builds it in one pass, NumPy's shifts and ors would take ten times as long.
+    packed = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)).view(np.uint32)[..., 0]
     _, counts = np.unique(packed[lit], return_counts=True)
     return float(np.sort(counts)[-FLAT_COLOURS:].sum() / packed.size)
+
+
+def _brightest_channel(rgb: np.ndarray) -> np.ndarray:
+    """max(R, G, B) per pixel (NumPy's max over the last axis is slow on interleaved channels)."""
+    r, g, b = cv2.split(rgb)
+    return cv2.max(cv2.max(r, g), b)
 
 
 def colourless_share(rgb: np.ndarray) -> float:

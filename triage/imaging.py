@@ -199,7 +199,9 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Stored bytes -> upright 8-bit RGB array (H, W, 3)."""
     image = Image.open(io.BytesIO(data))
     image.load()
-    return to_rgb(ImageOps.exif_transpose(image))
+    # In place: a copy of every photograph (almost none needs turning) cost as much as the decode.
+    ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -217,4 +219,4 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)

@@ -5,6 +5,7 @@ TensorFlow is never initialised before a fork.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
@@ -35,6 +36,7 @@ class Runtime:
     def classifier(self):
         from model.loader import load_classifier
 
+        settle_memory()
         classifier = load_classifier(self.settings.model_path, self.settings.precision)
         warm = classifier.warm_up(self.batch_sizes)
         log.info("model %s ready (warm-up %.2fs, %s)", classifier.version, warm, classifier.precision)
@@ -72,6 +74,29 @@ class Runtime:
     def writer(self) -> ThreadPoolExecutor:
         """One thread that writes results, one batch after another in the order they came out."""
         return ThreadPoolExecutor(1, thread_name_prefix="write")
+
+
+# glibc's mallopt parameter for the size from which each allocation gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+_LARGE_BUFFER = 1 << 20
+
+
+def settle_memory() -> None:
+    """Keep the worker's memory flat over a long run, in the process that holds the model.
+
+    Decoded photographs are megabytes each. glibc raises its mapping threshold to the size of the last
+    large block freed, after which such buffers come from per-thread heaps that it rarely gives back:
+    with several preparing threads the worker grew by about 230 MB (18%) over its first few hundred
+    images. A fixed threshold returns every buffer of a megabyte or more to the system when it is freed.
+    OpenCV's own threads are turned off too: images are already prepared side by side on the pool.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _LARGE_BUFFER)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+        pass
 
 
 _runtime: Runtime | None = None

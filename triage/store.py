@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -60,8 +61,12 @@ class ImageStore:
         if not self.root.exists():
             return
         for path in self.root.glob("??/??/*"):
-            if path.is_file():
-                yield path.name, path.stat().st_mtime
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # an unfinished write renamed, or a file removed, since the listing
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield path.name, info.st_mtime
 
     def remove(self, name: str) -> None:
         """Remove an entry found by `entries`, a content key or an unfinished write."""

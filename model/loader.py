@@ -156,10 +156,14 @@ def _warn_if_slow(precision: str) -> None:
 
     if tf.config.list_logical_devices("GPU"):
         return
-    flags = _cpu_flags()
-    if precision == "mixed_float16" or not flags & {"avx512_bf16", "amx_bf16"}:
+    if precision == "mixed_float16" or not native_bfloat16():
         log.warning("precision %s has no native support on this CPU; expect it to be slower than float32",
                     precision)
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _cpu_flags() -> set[str]:

@@ -667,12 +667,13 @@ def remove_tree(folder: Path) -> None:
 def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in read_lines("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor())
-    flags = next((ln.split(":", 1)[1].split() for ln in read_lines("/proc/cpuinfo") if ln.startswith("flags")), [])
     memory_kb = next((int(ln.split()[1]) for ln in read_lines("/proc/meminfo") if ln.startswith("MemTotal")), 0)
     import tensorflow as tf
 
+    from model.loader import native_bfloat16
+
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_kb / 1024 ** 2, 1),
-            "bf16": bool({"avx512_bf16", "amx_bf16"} & set(flags)), "python": platform.python_version(),
+            "bf16": native_bfloat16(), "python": platform.python_version(),
             "tensorflow": tf.__version__, "load_average_start": os.getloadavg()[0],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

@@ -269,3 +269,20 @@ def test_create_admin_and_token_commands(make_stack, sqlite_url):
     assert created.actor_id is None and created.details["via"] == "cli"
     assert cli("revoke-token", str(token_id)).returncode == 0
     assert stack.upload([(imagegen.jpeg(2), "b.jpg")], client=anonymous(stack), token=token).status_code == 401
+
+
+def test_an_api_token_cannot_change_a_password_or_manage_users(sqlite_stack):
+    # Even an admin's token: a leaked token must not outlive its revocation by changing the password
+    # or making users. The same admin signed in through the browser gets through.
+    stack = sqlite_stack
+    bearer = {"Authorization": f"Bearer {stack.token}"}
+    for method, path, message in [("post", "/account/password", "Account changes"),
+                                  ("get", "/account", "Account changes"),
+                                  ("get", "/admin/users", "User administration"),
+                                  ("post", "/admin/users", "User administration"),
+                                  ("get", "/admin/audit", "User administration")]:
+        response = getattr(anonymous(stack), method)(path, headers=bearer, data={"username": "x"})
+        assert response.status_code == 403, path
+        assert f"{message} needs a signed-in browser session" in response.get_data(as_text=True), path
+    browser = stack.login()
+    assert browser.get("/admin/users").status_code == 200 and browser.get("/account").status_code == 200

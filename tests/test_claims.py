@@ -1,6 +1,8 @@
 """SQL claims: who works on what, attempt counting, release, and what the reconciler finds."""
 from __future__ import annotations
 
+import numpy as np
+
 from datetime import timedelta
 
 import pytest
@@ -117,9 +119,11 @@ def test_perceptual_hash_nearest_prefers_the_closest_then_the_oldest():
     from triage.phash import hamming, nearest
 
     assert hamming("0" * 16, "f" + "0" * 15) == 4
-    candidates = [(5, "000000000000000f"), (3, "00000000000000ff"), (4, "000000000000000f")]
-    assert nearest("0000000000000000", candidates, max_distance=8) == 4
-    assert nearest("0000000000000000", candidates, max_distance=3) is None
+    ids = np.array([9, 5, 3, 4], np.int64)  # 9 is the image looked up; 5 and 4 tie at distance 4
+    hashes = np.array([0x0, 0xF, 0xFF, 0xF], np.uint64)
+    assert nearest(ids, hashes, 0, max_distance=8) == 4
+    assert nearest(ids, hashes, 0, max_distance=3) is None
+    assert nearest(ids, hashes, 1, max_distance=0) == 4  # an identical hash, never itself
 
 
 def test_a_node_takes_back_what_its_own_failed_job_left_without_spending_an_attempt(db):

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +44,13 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def insert_ignoring_conflicts(bind, table, *index_elements: str):
+    """INSERT ... ON CONFLICT (index_elements) DO NOTHING for `table`, in the bind's dialect: both
+    databases the project runs on have it, under their own SQLAlchemy construct."""
+    insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
 
 
 class Database:

@@ -29,12 +29,14 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def nearest(target: str, candidates: list[tuple[int, str]], max_distance: int) -> int | None:
-    """Id of the closest candidate within max_distance (ties: the lowest id), or None."""
-    best: tuple[int, int] | None = None
-    value = int(target, 16)
-    for cid, phash in candidates:
-        d = (value ^ int(phash, 16)).bit_count()
-        if d <= max_distance and (best is None or (d, cid) < best):
-            best = (d, cid)
-    return None if best is None else best[1]
+def nearest(ids: np.ndarray, hashes: np.ndarray, at: int, max_distance: int) -> int | None:
+    """Id of the hash closest to `hashes[at]` among the others (ids and 64-bit hashes side by side),
+    within max_distance, ties to the lowest id; None if none is that close. One vectorised pass, so a
+    batch can be checked against every stored hash."""
+    distance = np.bitwise_count(hashes ^ hashes[at]).astype(np.int64)
+    distance[at] = max_distance + 1  # never itself
+    close = np.flatnonzero(distance <= max_distance)
+    if close.size == 0:
+        return None
+    best = close[np.lexsort((ids[close], distance[close]))[0]]
+    return int(ids[best])

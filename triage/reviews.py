@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, func, select, tuple_, update
 
 from .catalogue import BY_SLUG
+from .db import insert_ignoring_conflicts
 from .risk import REVIEW, ROUTINE, URGENT
 from .schema import (Analysis, Batch, CaseState, Decision, Image, ImageStatus, Review, ReviewCase, User,
                      utcnow)
@@ -30,14 +31,6 @@ class DecisionError(ValueError):
 
 
 # --- keeping the queue in step with the analyses ---------------------------------------------------
-
-def _insert(session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
 
 def sync_cases(session, settings, draw=random.random) -> int:
     """Give every analysed image's analysis a case; returns how many new analyses it found.
@@ -64,7 +57,7 @@ def sync_cases(session, settings, draw=random.random) -> int:
         return 0
     now = utcnow()
     values = [_case_values(row, settings.review_audit_share, draw, now) for row in rows]
-    insert = _insert(session)(ReviewCase.__table__).on_conflict_do_nothing(index_elements=["analysis_id"])
+    insert = insert_ignoring_conflicts(session.get_bind(), ReviewCase.__table__, "analysis_id")
     session.connection().execute(insert, values)  # executemany: batched by the driver, any number of rows
     image_ids = sorted({row[1] for row in rows})
     for start in range(0, len(image_ids), CHUNK):

@@ -8,18 +8,16 @@ from sqlalchemy import select
 from triage.auth import AuthError, hash_password, issue_token, password_matches, revoke_token
 from triage.schema import ApiToken, User
 
-from .auth import CurrentUser, audit
+from .auth import CurrentUser, audit, requires_session
 from .services import services
 
 bp = Blueprint("account", __name__)
 
 
 @bp.before_request
+@requires_session("Account changes")
 def _signed_in_in_person():
-    # A token must not mint more tokens or change the password: a leaked token would outlive its
-    # revocation. Account changes need the browser session of someone who typed the password.
-    if getattr(current_user, "via_token", False):
-        abort(403, "Account changes need a signed-in browser session, not an API token.")
+    pass
 
 
 @bp.post("/logout")

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from triage.auth import AuthError, active_admins, create_user, hash_password
 from triage.schema import AuditEvent, Role, User
 
-from .auth import audit, requires
+from .auth import audit, requires, requires_session
 from .services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -17,9 +17,9 @@ AUDIT_PAGE = 100
 
 @bp.before_request
 @requires(Role.ADMIN)
+@requires_session("User administration")
 def _admins_in_person():
-    if current_user.via_token:
-        abort(403, "User administration needs a signed-in browser session, not an API token.")
+    pass
 
 
 def _users_page(status: int = 200, **extra):

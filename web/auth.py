@@ -164,6 +164,19 @@ def requires(role: str):
     return decorate
 
 
+def requires_session(what: str):
+    """Only a signed-in browser session gets past, never an API token: a leaked token must not mint
+    more tokens, change a password or manage users, or it would outlive its own revocation."""
+    def decorate(view):
+        @wraps(view)
+        def guarded(*args, **kwargs):
+            if getattr(current_user, "via_token", False):
+                abort(403, f"{what} needs a signed-in browser session, not an API token.")
+            return view(*args, **kwargs)
+        return guarded
+    return decorate
+
+
 def client_ip() -> str | None:
     return (request.remote_addr or "")[:45] or None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from werkzeug.datastructures import FileStorage
 
+from triage.db import insert_ignoring_conflicts
 from triage.imaging import RejectedImage, sanitize
 from triage.jobs import enqueue_analysis
 from triage.schema import Analysis, Image, ImageStatus
@@ -155,7 +156,8 @@ def _add_rows(svc: Services, batch_id: int, stored: list[_Pending]) -> list[int]
     with svc.db.session() as s:
         # A row at a time with one statement: compiled once and cached, where a many-row INSERT would be
         # compiled afresh for every request's number of rows.
-        statement = _insert_ignoring_duplicates(s.get_bind().dialect.name).returning(Image.id)
+        statement = insert_ignoring_conflicts(s.get_bind(), Image.__table__, "batch_id", "sha256")
+        statement = statement.returning(Image.id)
         inserted = {}
         for p in stored:
             image_id = s.execute(statement, {"batch_id": batch_id, **p.row}).scalar()
@@ -170,15 +172,6 @@ def _add_rows(svc: Services, batch_id: int, stored: list[_Pending]) -> list[int]
         else:
             _mark_duplicate(p.result, winners[p.digest])
     return [p.result.image_id for p in stored if p.result.status == "accepted"]
-
-
-def _insert_ignoring_duplicates(dialect: str):
-    """INSERT ... ON CONFLICT DO NOTHING: the two databases the project runs on both have it."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(Image.__table__).on_conflict_do_nothing(index_elements=["batch_id", "sha256"])
 
 
 def _mark_duplicate(result: FileResult, image_id: int) -> None:

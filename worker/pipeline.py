@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from model.preprocess import preprocess_rgb
 from model.quality import QualityThresholds, assess_quality
-from triage.db import Database
+from triage.db import Database, insert_ignoring_conflicts
 from triage.imaging import decode_rgb
+from triage.phash import nearest
 from triage.risk import RiskThresholds, assess, reshoot_assessment
 from triage.schema import Analysis, Image, ImageStatus, utcnow
 from triage.store import ImageStore
@@ -41,15 +41,8 @@ class Prepared:
     quality: dict | None = None
 
 
-def _ms(start: float) -> float:
+def elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
-
-
-def analyse_batch(claimed: list[Claimed], classifier, store: ImageStore, quality_t: QualityThresholds,
-                  risk_t: RiskThresholds, explainer=None, pool: Executor | None = None) -> list[Outcome]:
-    """The whole analysis of one batch: prepare (decode, quality gate, preprocess), then classify."""
-    return classify(prepare_all(claimed, store, quality_t, classifier.input_size, pool), classifier, risk_t,
-                    explainer)
 
 
 def prepare_all(claimed: list[Claimed], store: ImageStore, quality_t: QualityThresholds, input_size: int,
@@ -73,10 +66,10 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, inpu
     except Exception as exc:  # a stored file that no longer decodes is this image's failure only
         out.error = f"The stored image could not be decoded ({type(exc).__name__}: {exc})."
         return Prepared(out)
-    out.timings["decode_ms"] = _ms(start)
+    out.timings["decode_ms"] = elapsed_ms(start)
     start = time.perf_counter()
     report = assess_quality(rgb, quality_t)
-    out.timings["quality_ms"] = _ms(start)
+    out.timings["quality_ms"] = elapsed_ms(start)
     quality = report.as_dict()
     if not report.passed:
         priority, reasons, advice = reshoot_assessment(report.failures)
@@ -87,7 +80,7 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, inpu
         return Prepared(out, quality=quality)
     start = time.perf_counter()
     tensor = preprocess_rgb(rgb, input_size)
-    out.timings["preprocess_ms"] = _ms(start)
+    out.timings["preprocess_ms"] = elapsed_ms(start)
     return Prepared(out, tensor, report.marginal, quality)
 
 
@@ -100,14 +93,14 @@ def classify(prepared: list[Prepared], classifier, risk_t: RiskThresholds, expla
         explain_ms = None
         if explainer is None:
             probs, heatmaps = classifier.predict(batch)[:len(ready)], [None] * len(ready)
-            forward_ms = _ms(start)
+            forward_ms = elapsed_ms(start)
         else:  # one pass yields both the prediction and the gradients Grad-CAM needs
             raw, maps = explainer.scores_and_maps(batch, len(ready))
             probs = classifier.calibrate(raw)
-            forward_ms = _ms(start)
+            forward_ms = elapsed_ms(start)
             start = time.perf_counter()
             heatmaps = explainer.overlays(batch, maps)
-            explain_ms = _ms(start)
+            explain_ms = elapsed_ms(start)
         for p, row, heatmap in zip(ready, probs, heatmaps):
             _assessed(p, row, heatmap, classifier, risk_t)
             p.outcome.timings.update(forward_ms=round(forward_ms / len(ready), 2), batch_size=len(ready),
@@ -137,7 +130,6 @@ def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, 
     changes only while this node still holds the image's claim. Returns, for each image written, the
     seconds since it was uploaded.
     """
-    insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
     ages: list[float] = []
     with db.session() as s:
         for out in outcomes:
@@ -154,10 +146,10 @@ def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, 
             values = dict(out.analysis)
             heatmap = values.pop("heatmap", None)
             values["heatmap_key"] = store.put(heatmap)[0] if heatmap else None
-            s.execute(insert(Analysis).values(
+            s.execute(insert_ignoring_conflicts(s.get_bind(), Analysis.__table__, "image_id", "model_version").values(
                 image_id=out.image_id, model_version=model_version, model_trained=model_trained,
                 thresholds=thresholds, timings=out.timings, **values,
-            ).on_conflict_do_nothing(index_elements=["image_id", "model_version"]))
+            ))
         flag_near_duplicates(s, [o.image_id for o in outcomes], near_duplicate_distance)
     return ages
 
@@ -175,17 +167,7 @@ def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> No
     ids = np.array([i for i, _ in known], np.int64)
     hashes = np.array([int(h, 16) for _, h in known], np.uint64)
     for at in np.flatnonzero(np.isin(ids, list(wanted))):
-        match = _nearest(ids, hashes, at, max_distance)
+        match = nearest(ids, hashes, at, max_distance)
         if match is not None:
             session.execute(update(Image).where(Image.id == int(ids[at])).values(near_duplicate_of_id=match))
 
-
-def _nearest(ids: np.ndarray, hashes: np.ndarray, at: int, max_distance: int) -> int | None:
-    """triage.phash.nearest over arrays: the closest other hash within reach, ties to the lowest id."""
-    distance = np.bitwise_count(hashes ^ hashes[at]).astype(np.int64)
-    distance[at] = max_distance + 1  # never itself
-    close = np.flatnonzero(distance <= max_distance)
-    if close.size == 0:
-        return None
-    best = close[np.lexsort((ids[close], distance[close]))[0]]
-    return int(ids[best])

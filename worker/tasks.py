@@ -21,7 +21,7 @@ from triage.settings import get_settings
 from . import claims, metrics
 from .app import celery
 from .orphans import sweep_orphans
-from .pipeline import Prepared, classify, prepare_all, write_outcomes
+from .pipeline import Prepared, classify, elapsed_ms, prepare_all, write_outcomes
 from .runtime import runtime
 from .watchdog import ConsumeWatchdog
 
@@ -91,7 +91,7 @@ def _analyse(image_id: int) -> dict:
         return {"image": image_id, "claimed": 0, "failed": given_up}
     held = [c.id for c in got]  # every image this job claimed: released together if anything fails
     try:
-        prepared = _fill_and_prepare(rt, got, held, claim_ms=_ms(start))
+        prepared = _fill_and_prepare(rt, got, held, claim_ms=elapsed_ms(start))
         written = _run_batches(rt, prepared, held, chain=s.prefetch and got[0].attempts == 1)
     except (Exception, SoftTimeLimitExceeded) as exc:
         log.exception("batch %s failed", held)
@@ -125,10 +125,6 @@ def _stop_after_this_batch():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 2)
-
-
 def _fill_and_prepare(rt, got: list[claims.Claimed], held: list[int], claim_ms: float) -> list[Prepared]:
     """Wait briefly for a part-filled batch to fill, preparing what is already claimed meanwhile.
 
@@ -145,7 +141,7 @@ def _fill_and_prepare(rt, got: list[claims.Claimed], held: list[int], claim_ms: 
         start = time.perf_counter()
         extra = claims.claim_more(rt.db, room, lease_s=s.task_time_limit_s, node=rt.node)
         held.extend(c.id for c in extra)
-        more = _prepare(rt, extra, _ms(start))
+        more = _prepare(rt, extra, elapsed_ms(start))
     finally:
         wait([first])  # never leave it running into a release
     return first.result() + more
@@ -189,7 +185,7 @@ def _claim_and_prepare(rt, held: list[int]) -> list[Prepared]:
     start = time.perf_counter()
     got = claims.claim_more(rt.db, s.batch_max_size, lease_s=s.task_time_limit_s, node=rt.node)
     held.extend(c.id for c in got)
-    return _prepare(rt, got, _ms(start)) if got else []
+    return _prepare(rt, got, elapsed_ms(start)) if got else []
 
 
 def _write(rt, outcomes) -> int:

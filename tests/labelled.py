@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from tests.imagegen import encode
+
 # Verbatim Kaggle folder names, numbers and counts included, with a colour per class.
 KAGGLE_CLASSES = {
     "1. Eczema 1677": (200, 60, 60),
@@ -42,14 +44,8 @@ def near_copies(rgb: np.ndarray) -> list[np.ndarray]:
     h, w = rgb.shape[:2]
     brighter = np.clip(rgb.astype(np.int16) + 6, 0, 255).astype(np.uint8)
     resized = cv2.resize(cv2.resize(rgb, (w * 3 // 2, h * 3 // 2)), (w, h))
-    recompressed = np.asarray(Image.open(io.BytesIO(_encode(rgb, "JPEG", quality=60))).convert("RGB"))
+    recompressed = np.asarray(Image.open(io.BytesIO(encode(rgb, "JPEG", quality=60))).convert("RGB"))
     return [brighter, resized, recompressed]
-
-
-def _encode(rgb: np.ndarray, fmt: str, **params) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, fmt, **params)
-    return buf.getvalue()
 
 
 def write_labelled_folder(root: Path, per_class: int = 20, classes: dict | None = None, side: int = 64,
@@ -62,12 +58,12 @@ def write_labelled_folder(root: Path, per_class: int = 20, classes: dict | None 
         target.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rgb = picture(seed * 100_000 + c * 1000 + i, tint, side)
-            (target / f"img_{i:03d}.png").write_bytes(_encode(rgb, "PNG"))
+            (target / f"img_{i:03d}.png").write_bytes(encode(rgb, "PNG"))
         for d in range(duplicate_sets):
             rgb = picture(seed * 100_000 + c * 1000 + 500 + d, tint, side)
-            (target / f"dup_{d:03d}.png").write_bytes(_encode(rgb, "PNG"))
+            (target / f"dup_{d:03d}.png").write_bytes(encode(rgb, "PNG"))
             for copy, suffix in zip(near_copies(rgb), "abc"):
-                (target / f"dup_{d:03d}_{suffix}.jpg").write_bytes(_encode(copy, "JPEG", quality=92))
+                (target / f"dup_{d:03d}_{suffix}.jpg").write_bytes(encode(copy, "JPEG", quality=92))
     return root
 
 

@@ -17,10 +17,10 @@ from model.dataset import DatasetError, scan_labelled_folder
 from model.splits import (SPLITS, assign_splits, make_split, near_duplicate_groups, popcount, read_split_csv,
                           write_split_csvs)
 from tests.labelled import KAGGLE_CLASSES, SLUG_OF, picture, write_labelled_folder
+from tests.support import ROOT
 from triage.catalogue import CLASSES
 from triage.phash import hamming
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- the folder --------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from model.card import ModelCard, file_sha256
 from model.preprocess import preprocess_rgb
 from model.splits import read_split_csv
 from model.train import RunMismatch, TrainOptions, balanced_class_weights, train
+from tests.imagegen import encode
 from tests.labelled import KAGGLE_CLASSES, TINY_EPOCHS, TINY_INPUT, picture, trained_tiny_run, write_labelled_folder
+from tests.support import ROOT
 from triage.imaging import decode_rgb
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def test_an_interrupted_run_resumes_from_its_last_complete_epoch(tmp_path):
     with pytest.raises(RunMismatch, match="learning_rate"):
         train(replace(options, learning_rate=0.01))
     split_files = {p.name: p.read_bytes() for p in (tmp_path / "run" / "splits").iterdir()}
-    (data / "2. Melanoma 15.75k" / "new.png").write_bytes(_png(picture(777, (60, 60, 200), 64)))
+    (data / "2. Melanoma 15.75k" / "new.png").write_bytes(encode(picture(777, (60, 60, 200), 64), "PNG"))
     with pytest.raises(RunMismatch, match="split_sha256"):
         train(options)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "splits").iterdir()} == split_files
@@ -232,7 +233,7 @@ def test_the_input_pipeline_decodes_and_preprocesses_as_the_worker_does(tmp_path
     rotated = tmp_path / "rotated.jpg"
     rotated.write_bytes(buf.getvalue())
     plain = tmp_path / "plain.png"
-    plain.write_bytes(_png(rgb))
+    plain.write_bytes(encode(rgb, "PNG"))
     (x, y), = image_dataset([rotated, plain], [3, 1], 32, batch_size=2).as_numpy_iterator()
     assert y.tolist() == [3, 1]
     np.testing.assert_allclose(x[0], preprocess_rgb(decode_rgb(rotated.read_bytes()), 32), atol=1e-4)
@@ -247,18 +248,12 @@ def test_augmentation_changes_pixels_but_not_shapes_or_labels(tmp_path):
     paths = []
     for i in range(4):
         paths.append(tmp_path / f"{i}.png")
-        paths[-1].write_bytes(_png(picture(i, (200, 60, 60), 48)))
+        paths[-1].write_bytes(encode(picture(i, (200, 60, 60), 48), "PNG"))
     (plain, y1), = image_dataset(paths, [0, 1, 2, 3], 48, 4).as_numpy_iterator()
     (augmented, y2), = image_dataset(paths, [0, 1, 2, 3], 48, 4, augment_seed=1).as_numpy_iterator()
     assert augmented.shape == plain.shape and np.isfinite(augmented).all()
     assert y1.tolist() == y2.tolist() == [0, 1, 2, 3]
     assert np.abs(augmented - plain).mean() > 1
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # --- ImageNet weights: a local file or nothing -------------------------------------------------

@@ -12,7 +12,7 @@ import secrets
 from datetime import timedelta
 from functools import lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .schema import ApiToken, Role, User, utcnow
@@ -71,7 +71,7 @@ def authenticate(session, username: str, password: str) -> User | None:
     if user is None or not user.active or len(password) > MAX_PASSWORD_LENGTH:
         check_password_hash(_decoy_hash(), password[:MAX_PASSWORD_LENGTH])
         return None
-    return user if check_password_hash(user.password_hash, password) else None
+    return user if password_matches(user, password) else None
 
 
 def password_matches(user: User, password: str) -> bool:
@@ -133,4 +133,4 @@ def revoke_token(session, token_id: int, owner_id: int | None = None) -> ApiToke
 
 
 def active_admins(session) -> int:
-    return len(session.scalars(select(User.id).where(User.role == Role.ADMIN, User.active.is_(True))).all())
+    return session.scalar(select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.active.is_(True)))

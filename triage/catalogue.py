@@ -67,6 +67,15 @@ CLASSES: tuple[SkinClass, ...] = (
 
 BY_SLUG = {c.slug: c for c in CLASSES}
 SLUGS = tuple(c.slug for c in CLASSES)
+
+
+def class_name(slug: str | None) -> str | None:
+    """The display name of a class, or None for no class or one this catalogue does not know (a
+    model or an old row may name a class that has since been renamed)."""
+    known = BY_SLUG.get(slug) if slug else None
+    return known.display_name if known else None
+
+
 MALIGNANT_SLUGS = tuple(c.slug for c in CLASSES if c.severity == MALIGNANT)
 
 # The reference model's class index: a plain alphabetical sort of the folder names ("10. Warts"

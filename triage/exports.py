@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from .catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING
+from .catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name
 from .schema import Analysis, Batch, Image, Review, User, utcnow
 
 # Our own code systems: the classes are this model's labels, not SNOMED concepts, and saying so
@@ -61,7 +61,7 @@ def _entry(image: Image, analysis: Analysis | None, decisions: dict) -> dict:
     entry["model"] = {
         "analysis_id": analysis.id, "version": analysis.model_version, "trained": analysis.model_trained,
         "outcome": analysis.outcome, "top_class": analysis.top_class, "confidence": analysis.confidence,
-        "top_class_name": BY_SLUG[analysis.top_class].display_name if analysis.top_class in BY_SLUG else None,
+        "top_class_name": class_name(analysis.top_class),
         "probabilities": analysis.probabilities, "risk_level": analysis.risk_level,
         "priority": analysis.priority, "reasons": analysis.reasons, "recommendations": analysis.recommendations,
         "analysed_at": _iso(analysis.created_at),
@@ -70,7 +70,7 @@ def _entry(image: Image, analysis: Analysis | None, decisions: dict) -> dict:
         review, username = decisions[analysis.id]
         entry["review"] = {
             "decision": review.decision, "diagnosis": review.diagnosis,
-            "diagnosis_name": BY_SLUG[review.diagnosis].display_name if review.diagnosis in BY_SLUG else None,
+            "diagnosis_name": class_name(review.diagnosis),
             "note": review.note, "reviewer": username, "decided_at": _iso(review.created_at),
         }
     return entry

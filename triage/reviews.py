@@ -9,12 +9,12 @@ Pages are found by seeking past the last key seen (keyset pagination), never by 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, func, select, tuple_, update
 
-from .catalogue import BY_SLUG
+from .catalogue import BY_SLUG, class_name
 from .db import insert_ignoring_conflicts
 from .risk import REVIEW, ROUTINE, URGENT
 from .schema import (Analysis, Batch, CaseState, Decision, Image, ImageStatus, Review, ReviewCase, User,
@@ -172,7 +172,6 @@ class QueuePage:
     rows: list[dict]
     next_cursor: str | None = None  # where the following page starts (after)
     prev_cursor: str | None = None  # where the preceding page ends (before)
-    filter: QueueFilter = field(default_factory=QueueFilter)
 
 
 def _seek(flt: QueueFilter, *, after: Cursor | None = None, before: Cursor | None = None):
@@ -196,7 +195,7 @@ def queue_page(session, flt: QueueFilter, *, after: Cursor | None = None, before
     if backwards:
         ids.reverse()
     cases = _case_rows(session, ids)
-    page = QueuePage(rows=cases, filter=flt)
+    page = QueuePage(rows=cases)
     # Coming back from a later page, there is a later page; going forward from a cursor, an earlier one.
     has_prev, has_next = (more, True) if backwards else (after is not None, more)
     if cases:
@@ -224,7 +223,7 @@ def _case_rows(session, ids: list[int]) -> list[dict]:
             "case_id": case.id, "analysis_id": case.analysis_id, "image_id": case.image_id,
             "batch_id": case.batch_id, "batch_name": batch_name, "image_name": image_name,
             "priority": case.priority, "top_class": case.top_class,
-            "top_class_name": BY_SLUG[case.top_class].display_name if case.top_class in BY_SLUG else None,
+            "top_class_name": class_name(case.top_class),
             "confidence": confidence, "model_trained": trained, "received_at": case.received_at,
             "state": case.state, "audit_sample": case.audit_sample, "decision": case.decision,
             "reviewer": reviewer, "decided_at": case.decided_at, "cursor": Cursor.of(case).encode(),
@@ -297,5 +296,5 @@ def reviews_of(session, analysis_ids: list[int]) -> dict[int, list[dict]]:
 
 def review_dict(review: Review, username: str) -> dict:
     return {"id": review.id, "decision": review.decision, "diagnosis": review.diagnosis,
-            "diagnosis_name": BY_SLUG[review.diagnosis].display_name if review.diagnosis in BY_SLUG else None,
+            "diagnosis_name": class_name(review.diagnosis),
             "note": review.note, "reviewer": username, "created_at": review.created_at.isoformat() + "Z"}

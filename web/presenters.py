@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from triage.catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING
+from triage.catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name
 from triage.reviews import reviews_of
 from triage.schema import Analysis, Batch, CaseState, Image, ImageStatus, ReviewCase, User
 
@@ -34,7 +34,7 @@ def image_dict(image: Image, reviews: dict[int, list[dict]] | None = None) -> di
             "outcome": analysis.outcome,
             "probabilities": analysis.probabilities,
             "top_class": analysis.top_class,
-            "top_class_name": BY_SLUG[analysis.top_class].display_name if analysis.top_class else None,
+            "top_class_name": class_name(analysis.top_class),
             "confidence": analysis.confidence,
             "top3": analysis.top3,
             "risk_level": analysis.risk_level,
@@ -122,7 +122,7 @@ def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
         "near_duplicate_of": image.near_duplicate_of_id,
         "model_version": analysis.model_version, "model_trained": analysis.model_trained,
         "top_class": analysis.top_class,
-        "top_class_name": BY_SLUG[analysis.top_class].display_name if analysis.top_class in BY_SLUG else None,
+        "top_class_name": class_name(analysis.top_class),
         "confidence": analysis.confidence,
         "top3": [(BY_SLUG[s].display_name, p) for s, p in analysis.top3 or []],
         "bars": bars, "risk_level": analysis.risk_level, "priority": analysis.priority,

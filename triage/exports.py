@@ -14,7 +14,8 @@ from datetime import datetime
 from sqlalchemy import select
 
 from .catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name
-from .schema import Analysis, Batch, Image, Review, User, utcnow
+from .reviews import decisions_on
+from .schema import Analysis, Batch, Image, utcnow
 
 # Our own code systems: the classes are this model's labels, not SNOMED concepts, and saying so
 # is safer than mapping them to codes a hospital system would take at face value.
@@ -39,11 +40,9 @@ def batch_export(session, batch_id: int) -> dict | None:
     for analysis in session.scalars(select(Analysis).join(Image).where(Image.batch_id == batch_id)
                                     .order_by(Analysis.id)):
         latest[analysis.image_id] = analysis
-    decisions = {}
-    for review, username in session.execute(
-            select(Review, User.username).join(User, User.id == Review.reviewer_id)
-            .where(Review.analysis_id.in_([a.id for a in latest.values()] or [-1])).order_by(Review.id)):
-        decisions[review.analysis_id] = (review, username)
+    # The latest decision on each analysis: later ones overwrite earlier ones.
+    decisions = {review.analysis_id: (review, username)
+                 for review, username in decisions_on(session, [a.id for a in latest.values()])}
     entries = [_entry(image, latest.get(image.id), decisions) for image in images]
     untrained = any(e["model"] and not e["model"]["trained"] for e in entries)
     return {"batch": {"id": batch.id, "name": batch.name, "created_at": _iso(batch.created_at)},

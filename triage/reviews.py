@@ -282,14 +282,18 @@ def _diagnosis_for(decision: str, diagnosis: str | None, model_class: str | None
     return diagnosis  # a referral may name the suspected class, or not
 
 
+def decisions_on(session, analysis_ids: list[int]) -> list[tuple[Review, str]]:
+    """Every decision on these analyses with its reviewer's name, oldest first."""
+    if not analysis_ids:
+        return []
+    return session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
+                           .where(Review.analysis_id.in_(analysis_ids)).order_by(Review.id)).all()
+
+
 def reviews_of(session, analysis_ids: list[int]) -> dict[int, list[dict]]:
     """Every decision on these analyses, oldest first, with the reviewer's name."""
-    if not analysis_ids:
-        return {}
     found: dict[int, list[dict]] = {}
-    rows = session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
-                           .where(Review.analysis_id.in_(analysis_ids)).order_by(Review.id)).all()
-    for review, username in rows:
+    for review, username in decisions_on(session, analysis_ids):
         found.setdefault(review.analysis_id, []).append(review_dict(review, username))
     return found
 

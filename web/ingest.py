@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from triage.db import insert_ignoring_conflicts
@@ -60,25 +62,30 @@ def display_name(raw: str | None) -> str:
     return (name or "unnamed")[-MAX_NAME:]
 
 
-def ingest(svc: Services, batch_id: int, files: list[FileStorage]) -> list[FileResult]:
-    """One result per file, in the order sent."""
+RESULT_STATUSES = ("accepted", "duplicate", "rejected")
+
+
+def ingest(svc: Services, batch_id: int, files: list[FileStorage],
+           record: Callable[[Session, dict[str, int]], None] | None = None) -> list[FileResult]:
+    """One result per file, in the order sent. `record(session, summary)` is called in the transaction
+    that adds the rows, with the count of files per result, so an upload's audit event and its rows
+    are committed together or not at all."""
     results, firsts = _hash_files(svc, files)
     pending = _drop_known(svc, batch_id, firsts)
     created_keys: list[str] = []
     try:
         stored = _store_files(svc, pending, created_keys)
-        accepted = _add_rows(svc, batch_id, stored)
+        accepted = _add_rows(svc, batch_id, stored, firsts, results, record)
     except BaseException:
         _forget_files(svc, created_keys)  # nothing was committed: leave no file behind
         raise
     _enqueue(svc, accepted)
-    for first in firsts:
-        for copy in first.copies:  # a copy shares its first's fate: duplicate of it, or rejected alike
-            if first.result.status == "rejected":
-                copy.reason = first.result.reason
-            else:
-                _mark_duplicate(copy, first.result.image_id)
     return results
+
+
+def summarise(results: list[FileResult]) -> dict[str, int]:
+    """How many files were accepted, were duplicates and were rejected."""
+    return {status: sum(1 for r in results if r.status == status) for status in RESULT_STATUSES}
 
 
 def _hash_files(svc: Services, files: list[FileStorage]) -> tuple[list[FileResult], list[_Pending]]:
@@ -147,31 +154,51 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
     return stored
 
 
-def _add_rows(svc: Services, batch_id: int, stored: list[_Pending]) -> list[int]:
+def _add_rows(svc: Services, batch_id: int, stored: list[_Pending], firsts: list[_Pending],
+              results: list[FileResult], record) -> list[int]:
     """One short transaction. A file that another request added to the batch meanwhile (the same
     folder uploaded twice at once) loses the race on the unique (batch, sha256) key and becomes a
-    duplicate; nothing else in the request is affected."""
-    if not stored:
+    duplicate; nothing else in the request is affected. Returns the ids of the rows added."""
+    if not stored and record is None:
+        _settle_copies(firsts)
         return []
     with svc.db.session() as s:
-        # A row at a time with one statement: compiled once and cached, where a many-row INSERT would be
-        # compiled afresh for every request's number of rows.
-        statement = insert_ignoring_conflicts(s.get_bind(), Image.__table__, "batch_id", "sha256")
-        statement = statement.returning(Image.id)
-        inserted = {}
+        inserted, winners = _insert_rows(s, batch_id, stored) if stored else ({}, {})
         for p in stored:
-            image_id = s.execute(statement, {"batch_id": batch_id, **p.row}).scalar()
-            if image_id is not None:
-                inserted[p.digest] = image_id
-        raced = [p.digest for p in stored if p.digest not in inserted]
-        winners = dict(s.execute(select(Image.sha256, Image.id)
-                                 .where(Image.batch_id == batch_id, Image.sha256.in_(raced))).all()) if raced else {}
-    for p in stored:
-        if p.digest in inserted:
-            p.result.status, p.result.image_id = "accepted", inserted[p.digest]
-        else:
-            _mark_duplicate(p.result, winners[p.digest])
+            if p.digest in inserted:
+                p.result.status, p.result.image_id = "accepted", inserted[p.digest]
+            else:
+                _mark_duplicate(p.result, winners[p.digest])
+        _settle_copies(firsts)
+        if record is not None:
+            record(s, summarise(results))
     return [p.result.image_id for p in stored if p.result.status == "accepted"]
+
+
+def _insert_rows(s: Session, batch_id: int, stored: list[_Pending]) -> tuple[dict[str, int], dict[str, int]]:
+    """(sha256 -> id of each row inserted, sha256 -> id of the row that won for each one that raced)."""
+    # A row at a time with one statement: compiled once and cached, where a many-row INSERT would be
+    # compiled afresh for every request's number of rows.
+    statement = insert_ignoring_conflicts(s.get_bind(), Image.__table__, "batch_id", "sha256")
+    statement = statement.returning(Image.id)
+    inserted = {}
+    for p in stored:
+        image_id = s.execute(statement, {"batch_id": batch_id, **p.row}).scalar()
+        if image_id is not None:
+            inserted[p.digest] = image_id
+    raced = [p.digest for p in stored if p.digest not in inserted]
+    winners = dict(s.execute(select(Image.sha256, Image.id)
+                             .where(Image.batch_id == batch_id, Image.sha256.in_(raced))).all()) if raced else {}
+    return inserted, winners
+
+
+def _settle_copies(firsts: list[_Pending]) -> None:
+    for first in firsts:
+        for copy in first.copies:  # a copy shares its first's fate: duplicate of it, or rejected alike
+            if first.result.status == "rejected":
+                copy.reason = first.result.reason
+            else:
+                _mark_duplicate(copy, first.result.image_id)
 
 
 def _mark_duplicate(result: FileResult, image_id: int) -> None:

@@ -11,7 +11,7 @@ from triage.schema import Analysis, Batch, Image
 
 from .auth import audit
 from .health import health_report
-from .ingest import ingest
+from .ingest import ingest, summarise
 from .metrics import count_files
 from .presenters import batch_dict, recent_batches
 from .services import services
@@ -62,13 +62,11 @@ def _upload(batch_id: int | None):
         return None, error
     if batch_id is None:
         batch_id = _new_batch(request.form.get("name"))
-    results = [r.as_dict() for r in ingest(services(), batch_id, files)]
+    outcome = ingest(services(), batch_id, files,
+                     record=lambda s, summary: audit(s, "batch.upload", ("batch", batch_id), **summary))
+    results = [r.as_dict() for r in outcome]
     count_files(results)
-    summary = {status: sum(1 for r in results if r["status"] == status)
-               for status in ("accepted", "duplicate", "rejected")}
-    with services().db.session() as s:
-        audit(s, "batch.upload", ("batch", batch_id), **summary)
-    return {**_batch_urls(batch_id), "files": results, **summary}, None
+    return {**_batch_urls(batch_id), "files": results, **summarise(outcome)}, None
 
 
 @bp.get("/")

@@ -188,8 +188,13 @@ def test_popcount_counts_bits_of_64_bit_values():
 def test_a_group_with_two_labels_goes_whole_to_the_split_of_its_majority():
     labels = ["eczema"] * 10 + ["melanoma"] * 10 + ["melanoma", "melanoma", "eczema"]
     groups = list(range(20)) + [20, 20, 20]
-    assigned = assign_splits(labels, groups, ("eczema", "melanoma"), seed=42)
+    order = ("eczema", "melanoma")
+    assigned = assign_splits(labels, groups, order, seed=42)
     assert len(set(assigned[20:])) == 1
+    # Stratified as melanoma, its majority: the same splits as if all three were melanoma, and not
+    # those the group would give as eczema (it would then shift the eczema groups' places).
+    assert assigned == assign_splits(labels[:20] + ["melanoma"] * 3, groups, order, seed=42)
+    assert assigned != assign_splits(labels[:20] + ["eczema"] * 3, groups, order, seed=42)
 
 
 # --- hashing -----------------------------------------------------------------------------------

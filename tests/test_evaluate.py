@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 
-from model.card import ModelCard
+from model.card import ModelCard, card_path
 from model.loader import apply_temperature
 from model.metrics import (classification_report, confusion_matrix, expected_calibration_error, fit_temperature,
                            negative_log_likelihood, per_class_scores, reliability_bins, top_k_accuracy,
                            wilson_interval)
-from tests.labelled import trained_tiny_run
+from tests.labelled import LOOKALIKE_CLASSES, trained_tiny_run, write_labelled_folder
 from triage.risk import RiskThresholds
 
 
@@ -174,18 +175,31 @@ def test_evaluating_the_test_split_records_it_in_both_cards(evaluated):
 
 def test_any_labelled_folder_with_a_calibration_folder(evaluated, tmp_path):
     from model.evaluate import main
+    from model.loader import load_classifier
 
     data, result, _ = evaluated
-    model = result.exported[1]
+    # A copy of the model and its card: --save-temperature below must not touch the shared run.
+    model = tmp_path / result.exported[1].name
+    for source in (result.exported[1], card_path(result.exported[1])):
+        shutil.copy(source, tmp_path / source.name)
     before = ModelCard.load(model).temperature
+    # Calibrated on other pictures of the same classes than those evaluated.
+    other = write_labelled_folder(tmp_path / "calibration" / "IMG_CLASSES", per_class=12,
+                                  classes=LOOKALIKE_CLASSES, seed=5)
     out = tmp_path / "report"
-    main(["--model", str(model), "--folder", str(data), "--calibrate-on", str(data), "--out", str(out)])
+    main(["--model", str(model), "--folder", str(data), "--calibrate-on", str(other), "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluated_on"]["images"] == len(list(data.glob("*/*")))
-    assert "fitted here" in metrics["calibration"]["source"]
-    assert metrics["calibration"]["nll_after"] <= metrics["calibration"]["nll_before"]
+    assert f"fitted here on folder {other} ({len(list(other.glob('*/*')))} images)" == metrics["calibration"]["source"]
+    fitted = metrics["calibration"]["temperature"]
+    assert fitted > 0 and fitted != before
     assert "training_curves" not in metrics["figures"]
     assert ModelCard.load(model).temperature == before, "the card changes only with --save-temperature"
+
+    main(["--model", str(model), "--folder", str(data), "--calibrate-on", str(other), "--save-temperature",
+          "--out", str(tmp_path / "saved")])
+    assert ModelCard.load(model).temperature == pytest.approx(fitted)
+    load_classifier(model)  # the card still matches its file
 
 
 def test_a_folder_with_classes_the_model_does_not_know_is_refused(evaluated, tmp_path):

@@ -217,11 +217,11 @@ def job_results(worker) -> list[dict]:
     return [ast.literal_eval(text) for text in found]  # the worker logs each job's result as Python text
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_a_job_chains_batches_only_when_prefetching(make_stack, sqlite_url, prefetch):
-    stack = make_stack(sqlite_url, gradcam=False, batch_max_size=4, prefetch=prefetch)
+@pytest.mark.parametrize("prefetch, lanes", [(True, 1), (True, 2), (True, 3), (False, 2)])
+def test_a_job_chains_batches_only_when_prefetching(make_stack, sqlite_url, prefetch, lanes):
+    stack = make_stack(sqlite_url, gradcam=False, batch_max_size=4, prefetch=prefetch, forward_lanes=lanes)
     body = stack.upload([(imagegen.jpeg(i, 320, 240), f"{i}.jpg") for i in range(20)]).get_json()
-    worker = stack.start_worker(name=f"chain-{prefetch}")
+    worker = stack.start_worker(name=f"chain-{prefetch}-{lanes}")
     assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
     assert set(stack.analysis_counts().values()) == {1}
     claimed = [r["claimed"] for r in job_results(worker) if r.get("claimed")]

@@ -129,6 +129,39 @@ def test_degenerate_frames_are_judged_not_crashed_on(image):
     assert not report.passed and {"contrast", "sharpness"} <= failing(report)
 
 
+# ---------------------------------------------------------------- counting colours
+
+def _commonest_counts_by_sorting(values: np.ndarray, k: int) -> int:
+    return int(np.sort(np.unique(values, return_counts=True)[1])[-k:].sum()) if values.size else 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("hash_bits", [2, 18])  # 2: every bucket holds many colours, the floor must hold
+def test_the_commonest_colours_are_counted_exactly_without_sorting_them_all(seed, hash_bits, monkeypatch):
+    from model import quality
+    from model.quality import _largest_counts_sum
+
+    monkeypatch.setattr(quality, "_HASH_BITS", hash_bits)
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 20_000))
+    spread = int(rng.choice([1, 3, 9, 200, 5_000, 1 << 24]))  # one colour ... all different
+    values = rng.integers(0, spread, n).astype(np.uint32)
+    if seed % 4 == 0 and n:  # a few heavy colours over a noisy background, as in a dermatoscope frame
+        values[rng.random(n) < 0.3] = rng.integers(0, 1 << 24, 4, dtype=np.uint32)[rng.integers(0, 4)]
+    for k in (1, 8):
+        assert _largest_counts_sum(values, k) == _commonest_counts_by_sorting(values, k)
+
+
+def test_the_flat_colour_share_of_photographs_is_the_sorted_count():
+    from model.quality import FLAT_COLOURS, _brightest_channel, NEAR_BLACK, flat_colour_share, working_copy
+
+    for image in (photo(3), imagegen.screenshot(), imagegen.document(), photo(5, 1200, 900)):
+        small = working_copy(image)
+        packed = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_RGB2RGBA)).view(np.uint32)[..., 0]
+        lit = packed[_brightest_channel(small) >= NEAR_BLACK]
+        assert flat_colour_share(small) == _commonest_counts_by_sorting(lit, FLAT_COLOURS) / packed.size
+
+
 # ---------------------------------------------------------------- the fixed working size
 
 def _smaller_copy(rgb: np.ndarray, side: int, resample: str) -> np.ndarray:

@@ -74,8 +74,12 @@ class Settings(BaseSettings):
                                 description="Threads that decode, check and resize a batch's images side by side "
                                             "(0 = one after another in the job's own thread).")
     prefetch: bool = Field(True, validation_alias=_env("DERMATRIAGE_PREFETCH"),
-                           description="While a forward pass runs, claim and prepare the next batch and write the "
-                                       "last one, so the network never waits for the CPU or the database.")
+                           description="While images wait, a job goes on to further batches, claiming and preparing "
+                                       "them while others are in the network, so the network never waits for the "
+                                       "CPU or the database (off: one batch per job).")
+    forward_lanes: int = Field(2, ge=1, le=8, validation_alias=_env("DERMATRIAGE_FORWARD_LANES"),
+                               description="Batches a prefetching job keeps under way at once, each claimed, prepared "
+                                           "and passed through the network in turn (1: one after another, no overlap).")
     precision: Literal["float32", "bfloat16", "mixed_float16"] = Field(
         "float32", validation_alias=_env("DERMATRIAGE_PRECISION"),
         description="Arithmetic of the forward pass: `bfloat16` on CPUs with AVX512-BF16 or AMX, "

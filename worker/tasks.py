@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 
 from celery import signals
@@ -22,7 +22,7 @@ from . import claims, metrics
 from .app import celery
 from .orphans import sweep_orphans
 from .pipeline import Prepared, classify, elapsed_ms, prepare_all, write_outcomes
-from .runtime import runtime
+from .runtime import release_memory, runtime
 from .watchdog import ConsumeWatchdog
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def analyse_image(self, image_id: int) -> dict:
     """Analyse this image and, to fill the batch, others waiting. A no-op if it is already taken.
 
     With prefetching on, the job then keeps going with further waiting images for a while (see
-    `_run_batches`): the next batch is claimed and prepared while the current one is in the network.
+    `_run_batches`): other batches are claimed and prepared while one is in the network.
     """
     with _stop_after_this_batch():
         return _analyse(image_id)
@@ -158,25 +158,40 @@ def _run_batches(rt, prepared: list[Prepared], held: list[int], chain: bool) -> 
     """Classify `prepared` and write it. With `chain`, keep going while fresh images wait, for at most a
     tenth of the job's time limit (so the job ends well inside it and the node takes new messages).
 
-    While one batch is in the network, one thread claims and prepares the next and another writes the
-    last, so forward passes follow each other with no database or decoding gap, and a result is stored
-    as soon as its own batch is through. Returns the number of results written.
+    Chained, the job runs `forward_lanes` lanes side by side, each claiming, preparing and classifying
+    one batch after another. While one lane's batch is in the network another's is being decoded, so
+    the network never waits for the CPU or the database; on a CPU two passes at once also fill the
+    moments when one pass's threads wait for each other at the end of a layer. One thread writes the
+    results in the order they come out, so a result is stored as soon as its own batch is through.
+    Returns the number of results written.
     """
     deadline = time.monotonic() + rt.settings.task_time_limit_s / 10
-    writes = []
+    writes: list[Future] = []
+    failed = threading.Event()
+
+    def go_on() -> bool:
+        return chain and not _stop.is_set() and not failed.is_set() and time.monotonic() < deadline
+
+    def lane(batch: list[Prepared] | None) -> None:
+        try:
+            if batch is None:
+                batch = _claim_and_prepare(rt, held) if go_on() else []
+            while batch:
+                outcomes = classify(batch, rt.classifier, rt.risk_thresholds, rt.explainer)
+                writes.append(rt.writer.submit(_write, rt, outcomes))
+                batch = _claim_and_prepare(rt, held) if go_on() else []
+        except BaseException:
+            failed.set()  # the other lanes stop after their batch; the job's images are released together
+            raise
+
+    others = [rt.background.submit(lane, None) for _ in range(rt.settings.forward_lanes - 1 if chain else 0)]
     try:
-        while prepared:
-            more = chain and not _stop.is_set() and time.monotonic() < deadline
-            upcoming = rt.background.submit(_claim_and_prepare, rt, held) if more else None
-            try:
-                outcomes = classify(prepared, rt.classifier, rt.risk_thresholds, rt.explainer)
-            finally:
-                if upcoming is not None:
-                    wait([upcoming])  # its claims must be in `held` before any release
-            writes.append(rt.writer.submit(_write, rt, outcomes))
-            prepared = upcoming.result() if upcoming is not None else []
+        lane(prepared)
     finally:
+        wait(others)  # their claims must be in `held` before any release
         wait(writes)  # a release must never race a write of the same images
+    for other in others:
+        other.result()
     return sum(w.result() for w in writes)
 
 
@@ -194,20 +209,11 @@ def _write(rt, outcomes) -> int:
     ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
                           model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
                           near_duplicate_distance=rt.settings.near_duplicate_distance)
+    written_ms = elapsed_ms(start)
+    start = time.perf_counter()
+    release_memory()  # here, on the writing thread, off the network's path
     # One line per batch: where a batch's database time goes is not in its own rows (written last).
-    log.info("wrote batch of %d in %.1f ms", len(outcomes), (time.perf_counter() - start) * 1000)
+    log.info("wrote batch of %d in %.1f ms (memory released in %.1f ms)", len(outcomes), written_ms,
+             elapsed_ms(start))
     metrics.observe(outcomes, ages)
     return len(ages)
-
-
-@celery.task(name=RECONCILE_TASK)
-def reconcile() -> dict:
-    """Re-enqueue images whose job was lost (broker restart, killed worker). Safe to run anywhere."""
-    rt = runtime()
-    ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
-    if ids:
-        claims.touch(rt.db, ids)
-        enqueue_analysis(celery, ids)
-        log.info("reconciler re-enqueued %d images", len(ids))
-    removed = sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
-    return {"requeued": len(ids), "orphans_removed": removed}

@@ -57,6 +57,7 @@ def cmd_reconcile(_args) -> None:
 def cmd_status(_args) -> None:
     from sqlalchemy import func, select
 
+    from triage.broker import redis_client
     from triage.db import Database
     from triage.schema import Image
     from web.health import health_report
@@ -64,7 +65,7 @@ def cmd_status(_args) -> None:
 
     s = get_settings()
     db = Database(s.database_url)
-    report = health_report(Services(settings=s, db=db, store=None, celery=None))
+    report = health_report(Services(settings=s, db=db, store=None, celery=None, redis=redis_client(s.redis_url)))
     if report["database"]["ok"]:
         with db.session() as session:
             report["images"] = dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).all())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from tests.browsing import CHROMIUM_FLAGS, chromium_executable
 from tests.support import (PASSWORD, ROOT, RedisServer, WebServer, Worker, create_pg_database, csrf_token,
                            drop_pg_database, password_hash, wait_until)
 from triage.auth import create_user, issue_token
@@ -20,6 +21,17 @@ from triage.settings import Settings
 
 ARTIFACTS = ROOT / "test-artifacts"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, through Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=chromium_executable(), headless=True, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="session")

@@ -386,3 +386,17 @@ def files_received(db, batch_id: int) -> dict[str, int]:
             for key in totals:
                 totals[key] += details[key]
     return totals
+
+
+def photo_folder(root: Path, photos: int, folders: list[str], first_seed: int = 0) -> list[str]:
+    """`photos` distinct small JPEGs spread in turn over nested `folders` under `root`; returns their
+    names as an uploader gives them (the folder's own name first), sorted."""
+    from tests import imagegen
+
+    names = []
+    for i in range(photos):
+        rel = f"{folders[i % len(folders)]}/lesion-{i:03d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(imagegen.jpeg(first_seed + i, 64, 48))
+        names.append(f"{root.name}/{rel}")
+    return sorted(names)

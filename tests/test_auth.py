@@ -144,6 +144,15 @@ def test_failed_sign_ins_are_limited_per_address_and_per_username(make_stack, sq
     assert attempt("alice", PASSWORD, "10.0.1.9") == 429
     # ...while other users still sign in from other addresses.
     assert attempt("admin", PASSWORD, "10.0.2.1") == 302
+    # Every attempt is in the audit log with its address, the failed ones with the name tried and never
+    # the password; the refused (429) ones were never checked, so they are not sign-in attempts.
+    with stack.db.session() as s:
+        events = s.execute(select(AuditEvent.action, AuditEvent.details, AuditEvent.ip)
+                           .where(AuditEvent.action.like("auth.login%")).order_by(AuditEvent.id)).all()
+    failed = [(details["username"], ip) for action, details, ip in events if action == "auth.login_failed"]
+    assert failed == [(f"guess{i}", "10.0.0.2") for i in range(3)] + [("alice", f"10.0.1.{i}") for i in range(3)]
+    assert [ip for action, _, ip in events if action == "auth.login"] == ["10.0.0.1"] * 4 + ["10.0.2.1"]
+    assert not any("wrong-password" in str(details) for _, details, _ in events)
 
 
 def test_sign_in_keeps_working_when_redis_is_down(make_stack, sqlite_url, caplog):

@@ -4,38 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 
 import pytest
 
 from tests import imagegen
 from tests.conftest import ARTIFACTS
+from tests.browsing import csp_errors, sign_in
 from tests.support import PASSWORD
 
 pytestmark = pytest.mark.browser
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def sign_in(page, base_url: str, username: str = "admin", password: str = PASSWORD) -> None:
-    page.goto(base_url + "/")
-    page.wait_for_url(re.compile(r"/login\?next=/$"))  # signed out, everything leads to sign-in
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(base_url + "/")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert executable, "Debian's chromium is not installed (scripts/test.sh installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 def test_upload_three_photographs_and_a_text_file(browser, sqlite_stack, tmp_path):
@@ -70,13 +47,6 @@ def test_upload_three_photographs_and_a_text_file(browser, sqlite_stack, tmp_pat
     assert page.locator("tr[data-status=analysed] img.thumb").count() == 3
     page.screenshot(path=str(ARTIFACTS / "batch-analysed.png"), full_page=True)
     page.close()
-
-
-def csp_errors(page) -> list[str]:
-    """Console errors from the content security policy: inline code the browser refused to run."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-    return errors
 
 
 def test_review_a_folder_with_the_keyboard_and_export_the_decision(browser, make_stack, sqlite_url, tmp_path):
@@ -132,16 +102,28 @@ def test_review_a_folder_with_the_keyboard_and_export_the_decision(browser, make
     page.wait_for_url(re.compile(rf"/review/{queue[1]}$"))  # straight on to the next case
     page.keyboard.press("n")
     page.wait_for_url(re.compile(rf"/review/{queue[2]}$"))
+    assert "d change diagnosis" in page.inner_text(".shortcuts")  # the keys listed are the buttons' own
+    page.keyboard.press("d")  # a change to the model's own class is stopped here, with the reason
+    assert page.locator("#decision-hint").is_visible() and "press d again" in page.inner_text("#decision-hint")
+    assert page.url.endswith(f"/review/{queue[2]}")
+    model_class = page.get_attribute("#diagnosis", "data-model-class")
+    digit = next(k for k in "1234567890"
+                 if page.get_attribute(f'#diagnosis option[data-key="{k}"]', "value") != model_class)
+    page.keyboard.press(digit)
+    changed_to = page.input_value("#diagnosis")
+    page.keyboard.press("d")
+    page.wait_for_url(re.compile(rf"/review/{queue[3]}$"))
 
     page.goto(batch_url)
-    assert page.inner_text('[data-progress="reviewed"]') == "1"
+    assert page.inner_text('[data-progress="reviewed"]') == "2"
     with page.expect_download() as download:
         page.click("text=CSV")
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
-    decided = [r for r in rows if r["review_decision"]]
+    decided = sorted((r for r in rows if r["review_decision"]), key=lambda r: r["review_decision"])
     assert [(r["review_decision"], r["reviewer"], r["review_note"]) for r in decided] == [
-        ("confirm", "rita", "Checked in the browser: confirm")]
-    assert decided[0]["review_diagnosis"] == decided[0]["model_top_class"] and decided[0]["warning"]
+        ("change", "rita", ""), ("confirm", "rita", "Checked in the browser: confirm")]
+    assert decided[0]["review_diagnosis"] == changed_to != decided[0]["model_top_class"]
+    assert decided[1]["review_diagnosis"] == decided[1]["model_top_class"] and decided[1]["warning"]
     assert refused == []  # no script or style was blocked by the CSP
     page.close()
 

@@ -11,23 +11,16 @@ from sqlalchemy import select
 
 from tests import imagegen
 from tests.conftest import ARTIFACTS
-from tests.support import FlakyProxy, batch_image_names, files_received
-from tests.test_browser import browser, csp_errors, sign_in  # noqa: F401 (browser is a fixture)
+from tests.support import FlakyProxy, batch_image_names, files_received, photo_folder
+from triage.imaging import UNREADABLE
+from tests.browsing import csp_errors, sign_in
 from triage.schema import Batch
 
 pytestmark = pytest.mark.browser
-UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
 
 
 def make_folder(root: Path, photos: int) -> list[str]:
-    """Photographs in nested folders; returns their names as the browser gives them (folder name first)."""
-    names = []
-    for i in range(photos):
-        rel = ["room 1", "room 1/close-ups", "room 2/follow-up/week 2"][i % 3] + f"/lesion-{i:02d}.jpg"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(imagegen.jpeg(300 + i, 64, 48))
-        names.append(f"{root.name}/{rel}")
-    return sorted(names)
+    return photo_folder(root, photos, ["room 1", "room 1/close-ups", "room 2/follow-up/week 2"], first_seed=300)
 
 
 def drop_folder(page, folder: Path) -> None:
@@ -113,7 +106,7 @@ def test_a_dropped_folder_goes_up_with_progress_and_a_state_per_file(browser, sq
         assert report.startswith("This upload: 17 accepted, 1 duplicate, 2 rejected")
         assert "clinic day/aa/b.jpg: duplicate — same file as clinic day/aa/a.jpg" in report
         assert f"clinic day/room 2/scan.jpg: rejected — {UNREADABLE}" in report
-        assert "clinic day/room 2/notes.txt: skipped" in report and "lesion-00.jpg" not in report
+        assert "clinic day/room 2/notes.txt: skipped" in report and "lesion-000.jpg" not in report
         page.screenshot(path=str(ARTIFACTS / "bulk-upload-batch.png"), full_page=True)
         assert refused == []
     finally:

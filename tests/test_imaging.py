@@ -382,14 +382,14 @@ def test_animated_image_keeps_the_first_frame(fmt, params):
 
 def test_png_text_and_exif_chunks_are_removed():
     info = PngImagePlugin.PngInfo()
-    info.add_text("Author", "Dr Private")
+    info.add_text("Author", "clinic physician")
     info.add_text("Place", "Ward 7", zip=True)
-    info.add_itxt("Patient", "Jane Roe")
+    info.add_itxt("Patient", "record 0042-XY")
     raw = encode(photo(), "PNG", pnginfo=info, exif=private_exif())
     for kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
         assert kind in raw, kind
     clean = sanitize(raw, LIMIT)
-    for needle in (b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"Dr Private", b"Jane Roe", SERIAL.encode()):
+    for needle in (b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"clinic physician", b"record 0042-XY", SERIAL.encode()):
         assert needle not in clean.data, needle
     assert np.array_equal(decode_rgb(clean.data), photo())
 

@@ -12,30 +12,25 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tests import imagegen
-from tests.support import ROOT, FlakyProxy, batch_image_names, files_received, wait_until
+from tests.support import ROOT, FlakyProxy, batch_image_names, files_received, free_port, photo_folder, wait_until
+from triage.imaging import UNREADABLE
 from triage.schema import AuditEvent, Image
 
-UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
 
 
 def make_tree(root: Path, photos: int) -> dict:
     """`photos` distinct JPEGs spread over nested folders, plus: a copy of the first under another name,
     a text file, a text file named like a photograph (last in order, so a run killed early has not
     sent it), and a .DS_Store that is ignored. Returns what the batch should end up holding."""
-    folders = ["room 1", "room 1/close-ups", "room 2", "room 2/follow-up/week 2"]
-    names = []
-    for i in range(photos):
-        rel = f"{folders[i % len(folders)]}/lesion-{i:03d}.jpg"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(imagegen.jpeg(i, 64, 48))
-        names.append(f"{root.name}/{rel}")
+    names = photo_folder(root, photos, ["room 1", "room 1/close-ups", "room 2", "room 2/follow-up/week 2"])
     first = root / "room 1" / "lesion-000.jpg"
     (root / "room 2" / "copy of lesion-000.jpg").write_bytes(first.read_bytes())
     (root / "room 2" / "notes.txt").write_text("patient list: not for the portal")
     (root / "zz last").mkdir()
     (root / "zz last" / "scan.jpg").write_text("a text file named like a photograph")
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    return {"accepted": sorted(names), "duplicate": {f"{root.name}/room 2/copy of lesion-000.jpg": names[0]},
+    original = f"{root.name}/room 1/lesion-000.jpg"
+    return {"accepted": names, "duplicate": {f"{root.name}/room 2/copy of lesion-000.jpg": original},
             "rejected": {f"{root.name}/room 2/notes.txt": "Not a JPEG, PNG or WEBP file; not sent.",
                          f"{root.name}/zz last/scan.jpg": UNREADABLE}}
 
@@ -197,6 +192,9 @@ def test_the_walk_names_files_from_the_folder_and_leaves_out_system_files(tmp_pa
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x")
     (root / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f.jpg").write_bytes(b"x")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # not followed
     photos, others = walk(root, (".jpg", ".png", ".webp"), ["skip/*"])
     assert [f.rel for f in photos] == ["day 1/a/c.png", "day 1/a/d.webp", "day 1/b.JPG"]
     assert others == {"day 1/gone.jpg": "Could not be read (No such file or directory); not sent.",
@@ -236,17 +234,54 @@ def test_photographs_sent_from_a_folder_are_stored_without_metadata(sqlite_stack
     exif.get_ifd(0x8825)[2] = (51.0, 30.0, 12.5)
     buf = io.BytesIO()
     PILImage.fromarray(imagegen.skin_photo(5, 320, 240)).save(
-        buf, "JPEG", exif=exif.tobytes(), comment=b"Patient: Jane Doe",
-        xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description>Jane Doe</rdf:Description></x:xmpmeta>')
+        buf, "JPEG", exif=exif.tobytes(), comment=b"Patient: record 0042-XY",
+        xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description>record 0042-XY</rdf:Description></x:xmpmeta>')
     tree = tmp_path / "private"
     tree.mkdir()
     (tree / "lesion.jpg").write_bytes(buf.getvalue())
-    assert b"SERIAL-0042" in buf.getvalue() and b"Jane Doe" in buf.getvalue()
+    assert b"SERIAL-0042" in buf.getvalue() and b"0042-XY" in buf.getvalue()
     done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr
     image_id = json.loads((tmp_path / "r.json").read_text())["files"][0]["image_id"]
     stored = requests.get(f"{web.url}/images/{image_id}/file", headers={"Authorization": f"Bearer {stack.token}"},
                           timeout=30).content
-    for secret in (b"Exif", b"SERIAL-0042", b"2026:11:24", b"Jane Doe", b"xmpmeta"):
+    for secret in (b"Exif", b"SERIAL-0042", b"2026:11:24", b"0042-XY", b"xmpmeta"):
         assert secret not in stored
     assert not PILImage.open(io.BytesIO(stored)).getexif()
+
+
+def test_an_unreachable_server_stops_the_run_with_status_2(tmp_path):
+    tree = tmp_path / "day"
+    photo_folder(tree, 2, ["room"])
+    done = run_upload(tmp_path, "some-token", str(tree), "--server", f"http://127.0.0.1:{free_port()}",
+                      "--attempts", "2")
+    assert done.returncode == 2, done.stderr
+    assert "kept failing" in done.stderr and "ConnectionError" in done.stderr
+
+
+def test_retries_wait_longer_each_time_up_to_half_a_minute_with_jitter():
+    from scripts.upload import backoff
+
+    for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (20, 30.0)]:
+        waits = [backoff(attempt) for _ in range(300)]
+        assert 0.5 * base <= min(waits) and max(waits) <= 1.5 * base
+        assert max(waits) - min(waits) > 0.5 * base  # spread out, so uploaders that failed together part
+
+
+def test_rejected_files_are_sent_again_only_when_asked(sqlite_stack, tmp_path):
+    stack = sqlite_stack
+    web = stack.start_web()
+    tree = tmp_path / "visit"
+    photo_folder(tree, 2, ["room"])
+    (tree / "room" / "scan.jpg").write_text("a text file named like a photograph")
+    args = (str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
+
+    first = run_upload(tmp_path, stack.token, *args)
+    assert first.returncode == 1, first.stderr  # a file was rejected
+    batch_id = json.loads((tmp_path / "r.json").read_text())["batch_id"]
+    assert files_received(stack.db, batch_id) == {"accepted": 2, "duplicate": 0, "rejected": 1}
+    again = run_upload(tmp_path, stack.token, *args)  # the same command: nothing is sent again
+    assert again.returncode == 1 and files_received(stack.db, batch_id)["rejected"] == 1
+    retried = run_upload(tmp_path, stack.token, *args, "--retry-rejected")
+    assert retried.returncode == 1 and files_received(stack.db, batch_id) == {"accepted": 2, "duplicate": 0,
+                                                                                "rejected": 2}

@@ -11,6 +11,8 @@ import time
 
 import redis
 
+from .broker import redis_client
+
 PREFIX = "dermatriage:workers:"
 EVERY_S = 10
 TTL_S = 3 * EVERY_S
@@ -22,7 +24,7 @@ def publish(client: redis.Redis, node: str, info: dict) -> None:
 
 def start(redis_url: str, node: str, info: dict) -> threading.Thread:
     """Refresh this worker's heartbeat every few seconds from a daemon thread (survives broker outages)."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(redis_url)
 
     def beat():
         while True:

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from .phash import perceptual_hash
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
 # Pillow names a JPEG that carries extra pictures (phone cameras' multi-picture format) "MPO". Its
 # first picture is an ordinary JPEG; the extra ones sit after its end-of-image marker and are dropped.
 _JPEG_VARIANTS = ("JPEG", "MPO")
@@ -63,9 +64,9 @@ def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
     except ValueError as exc:
         if "too large" in str(exc).lower():  # e.g. a PNG text chunk that inflates without bound
             raise RejectedImage("The file holds an embedded block too large to decode safely.") from None
-        raise RejectedImage("The file is not a readable image; JPEG, PNG and WEBP are accepted.") from None
+        raise RejectedImage(UNREADABLE) from None
     except Exception:
-        raise RejectedImage("The file is not a readable image; JPEG, PNG and WEBP are accepted.") from None
+        raise RejectedImage(UNREADABLE) from None
     fmt = probe.format
     kind = "JPEG" if fmt in _JPEG_VARIANTS else fmt
     if kind not in ACCEPTED_FORMATS:

@@ -7,6 +7,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from triage.audit import record_settings_change
+from triage.broker import redis_client
 from triage.catalogue import DISCLAIMER
 from triage.db import Database
 from triage.jobs import make_celery
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
     services = Services(settings=settings, db=Database(settings.database_url),
-                        store=open_store(settings), celery=make_celery(settings, "dermatriage-web"))
+                        store=open_store(settings), celery=make_celery(settings, "dermatriage-web"),
+                        redis=redis_client(settings.redis_url))
     app.extensions["dermatriage"] = services
     auth.init_auth(app, settings)
     for blueprint in (bp, upload_api.bp, account.bp, admin.bp, review.bp, exports.bp, metrics.bp):

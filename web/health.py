@@ -1,7 +1,6 @@
 """Readiness of what the portal depends on: the database and the broker (with queue depth)."""
 from __future__ import annotations
 
-import redis
 from sqlalchemy import text
 
 from triage import heartbeat
@@ -18,7 +17,7 @@ def health_report(svc: Services) -> dict:
         report["ok"] = False
         report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     try:
-        client = redis.Redis.from_url(svc.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = svc.redis
         client.ping()
         report["redis"]["queue_depth"] = client.llen(svc.settings.queue_name)
         report["workers"] = heartbeat.workers(client)

@@ -50,7 +50,7 @@ class _State:
         queue = GaugeMetricFamily("dermatriage_queue_depth", "Jobs waiting in the broker queue")
         workers = GaugeMetricFamily("dermatriage_workers_alive", "Workers with a fresh heartbeat")
         try:
-            client = redis.Redis.from_url(self.svc.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            client = self.svc.redis
             queue.add_metric([], client.llen(self.svc.settings.queue_name))
             workers.add_metric([], len(heartbeat.workers(client)))
             yield queue

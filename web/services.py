@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from celery import Celery
 from flask import current_app
 
@@ -17,6 +18,7 @@ class Services:
     db: Database
     store: ImageStore
     celery: Celery
+    redis: redis.Redis  # status pages' client, one pool per process
 
 
 def services() -> Services:

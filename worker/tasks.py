@@ -77,7 +77,12 @@ def analyse_image(self, image_id: int) -> dict:
     `_run_batches`): other batches are claimed and prepared while one is in the network.
     """
     with _stop_after_this_batch():
-        return _analyse(image_id)
+        try:
+            return _analyse(image_id)
+        finally:
+            # The heaps keep freed buffers while batches follow each other (see runtime.settle_memory);
+            # a job lasts at most a tenth of its time limit, so they are handed back at least that often.
+            release_memory()
 
 
 def _analyse(image_id: int) -> dict:
@@ -209,11 +214,7 @@ def _write(rt, outcomes) -> int:
     ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
                           model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
                           near_duplicate_distance=rt.settings.near_duplicate_distance)
-    written_ms = elapsed_ms(start)
-    start = time.perf_counter()
-    release_memory()  # here, on the writing thread, off the network's path
     # One line per batch: where a batch's database time goes is not in its own rows (written last).
-    log.info("wrote batch of %d in %.1f ms (memory released in %.1f ms)", len(outcomes), written_ms,
-             elapsed_ms(start))
+    log.info("wrote batch of %d in %.1f ms", len(outcomes), elapsed_ms(start))
     metrics.observe(outcomes, ages)
     return len(ages)

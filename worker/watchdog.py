@@ -11,13 +11,15 @@ import time
 
 import redis
 
+from triage.broker import redis_client
+
 log = logging.getLogger(__name__)
 EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
 class ConsumeWatchdog:
     def __init__(self, redis_url: str, queue: str, stall_s: float, busy, exit_process=os._exit):
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis_client(redis_url)
         self.queue = queue
         self.stall_s = stall_s
         self.busy = busy  # () -> bool: is the worker running or holding a job right now?

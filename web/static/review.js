@@ -19,16 +19,6 @@
     if (option) { diagnosis.value = option.value; hint.hidden = true; }
   }
 
-  function changeDiagnosis(button) {
-    // "Change" needs a class other than the model's; the server refuses it otherwise.
-    if (diagnosis.value === diagnosis.getAttribute("data-model-class")) {
-      hint.hidden = false;
-      diagnosis.focus();
-      return;
-    }
-    button.click();
-  }
-
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }
     if (event.key === "Escape") { document.activeElement.blur(); return; }
@@ -39,7 +29,7 @@
     var target = document.querySelector('[data-key="' + key + '"]:not(option)');
     if (!target) { return; }
     event.preventDefault();
-    if (target.value === "change") { changeDiagnosis(target); } else { target.click(); }
+    target.click();  // a decision button submits the form, where a change is checked
   });
 
   form.addEventListener("submit", function (event) {

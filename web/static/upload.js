@@ -178,7 +178,14 @@
     f.state = state;
     f.detail = detail || "";
     drawState(f);
-    showProgress();
+    showProgressSoon();
+  }
+
+  // The totals walk every file, and each file changes state several times: redrawing them on every
+  // change would grow with the square of the file count, so changes within 100 ms share one redraw.
+  var redraw = null;
+  function showProgressSoon() {
+    if (redraw === null) { redraw = window.setTimeout(function () { redraw = null; showProgress(); }, 100); }
   }
 
   function counts() {
@@ -318,7 +325,7 @@
     run.inflight.push(inflight);
     return request("POST", "/api/batches/" + run.batchId + "/images", body, function (loaded) {
       inflight.loaded = loaded;
-      showProgress();
+      showProgressSoon();
     }).then(function (answer) {
       run.inflight.splice(run.inflight.indexOf(inflight), 1);
       return answered(group, attempt, answer);

@@ -218,3 +218,16 @@ def _write(rt, outcomes) -> int:
     log.info("wrote batch of %d in %.1f ms", len(outcomes), elapsed_ms(start))
     metrics.observe(outcomes, ages)
     return len(ages)
+
+
+@celery.task(name=RECONCILE_TASK)
+def reconcile() -> dict:
+    """Re-enqueue images whose job was lost (broker restart, killed worker). Safe to run anywhere."""
+    rt = runtime()
+    ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
+    if ids:
+        claims.touch(rt.db, ids)
+        enqueue_analysis(celery, ids)
+        log.info("reconciler re-enqueued %d images", len(ids))
+    removed = sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
+    return {"requeued": len(ids), "orphans_removed": removed}

@@ -221,12 +221,15 @@ def measure_limit(classifier, tensors: np.ndarray, batch_sizes: list[int], min_i
     on as many threads (the worker runs forward_lanes passes side by side; the limit must include the
     best such arrangement, or the pipeline would be measured against less than the cores can do)."""
     timed: dict[tuple[int, int], Timed] = {}
-    for size in batch_sizes:
-        batch = tiled(tensors, size)
-        for n in streams:
-            timed[size, n] = rate(_side_by_side(lambda: classifier.predict(batch), n), size * n,
-                                  max(3, -(-min_images // (size * n))))
-            print(f"  limit: batch {size} x {n} at once: {timed[size, n].images_per_s:.2f} images/s", flush=True)
+    with ThreadPoolExecutor(max(streams)) as pool:  # TensorFlow lets go of the GIL while it computes
+        for size in batch_sizes:
+            batch = tiled(tensors, size)
+            for n in streams:
+                def passes(n=n, batch=batch):
+                    return list(pool.map(classifier.predict, [batch] * n)) if n > 1 else classifier.predict(batch)
+
+                timed[size, n] = rate(passes, size * n, max(3, -(-min_images // (size * n))))
+                print(f"  limit: batch {size} x {n} at once: {timed[size, n].images_per_s:.2f} images/s", flush=True)
     best = max(timed, key=lambda key: timed[key].images_per_s)
     single = {size: t for (size, n), t in timed.items() if n == 1}
     return {"images_per_s": timed[best].images_per_s, "best_batch": best[0], "best_streams": best[1],
@@ -234,14 +237,6 @@ def measure_limit(classifier, tensors: np.ndarray, batch_sizes: list[int], min_i
             "by_batch_size": {size: t.images_per_s for size, t in single.items()},
             "by_arrangement": {f"{size}x{n}": t.images_per_s for (size, n), t in timed.items()},
             "batch1_forward_ms": float(np.median(single[1].seconds) * 1000)}
-
-
-def _side_by_side(run, n: int):
-    """`run` on n threads at once (TensorFlow lets go of the GIL while it computes)."""
-    if n == 1:
-        return run
-    pool = ThreadPoolExecutor(n)
-    return lambda: list(pool.map(lambda _: run(), range(n)))
 
 
 def measure_reference(model, tensors: np.ndarray, count: int) -> dict:

@@ -1,8 +1,9 @@
 """A labelled image folder: one sub-folder per class, as the Kaggle dataset is laid out when downloaded.
 
 Folder names are mapped to catalogue classes with `slug_for_folder`, so the verbatim Kaggle names
-("2. Melanoma 15.75k"), class slugs ("melanoma") and display names all work; anything else is refused
-with the list of accepted names, because a label the worker cannot name must never reach a model card.
+("2. Melanoma 15.75k"), class slugs ("melanoma"), display names and other datasets' codes (HAM10000
+"akiec", PAD-UFES-20 "ACK") all work; anything else is refused with the list of accepted names, because
+a label the worker cannot name must never reach a model card.
 No TensorFlow here: scanning a folder and splitting it must stay quick.
 """
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.catalogue import CLASSES, SLUGS, slug_for_folder
+from triage.catalogue import CLASSES, SLUGS, folder_names, slug_for_folder
+
+from .metadata import TableLayout, find_table, read_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -24,6 +27,7 @@ class DatasetError(ValueError):
 class LabelledImage:
     path: str  # POSIX path relative to the dataset root: what the split CSVs record
     label: str  # catalogue slug
+    group: str = ""  # patient or lesion from a metadata table: its photographs stay in one split
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,14 @@ class LabelledFolder:
 
 
 def accepted_names() -> str:
-    lines = [f"  {c.folder!r}  (or {c.slug!r}, or {c.display_name!r})" for c in CLASSES]
-    return "Accepted class folder names:\n" + "\n".join(lines)
+    lines = ["  " + ", ".join(repr(name) for name in folder_names(c)) for c in CLASSES]
+    return "Accepted class folder names, one line per class (dataset codes in any case):\n" + "\n".join(lines)
 
 
 def scan_labelled_folder(root: Path) -> LabelledFolder:
+    table = find_table(Path(root)) if Path(root).is_dir() else None
+    if table is not None:
+        return scan_table(Path(root), *table)
     root = find_class_root(Path(root))
     folders: dict[str, str] = {}
     images: list[LabelledImage] = []
@@ -74,6 +81,23 @@ def scan_labelled_folder(root: Path) -> LabelledFolder:
     labels = tuple(slug for slug in SLUGS if slug in folders)
     images.sort(key=lambda image: image.path)
     return LabelledFolder(root, tuple(images), labels, {s: folders[s] for s in labels}, ignored)
+
+
+def scan_table(root: Path, layout: TableLayout, table: Path) -> LabelledFolder:
+    """A folder of photographs described by a PAD-UFES-20 or HAM10000 metadata table (model.metadata)."""
+    rows, missing = read_table(root, layout, table, IMAGE_SUFFIXES)
+    if missing:
+        raise DatasetError(f"{table.name} ({layout.dataset}) names {len(missing)} photographs not found under "
+                           f"{root}, for example {', '.join(missing[:3])}.")
+    unknown = sorted({row.code for row in rows if slug_for_folder(row.code) is None})
+    if unknown:
+        raise DatasetError(f"{table.name} ({layout.dataset}) uses diagnosis codes that name no class: "
+                           f"{', '.join(repr(c) for c in unknown)}.\n{accepted_names()}")
+    images = sorted((LabelledImage(row.path.relative_to(root).as_posix(), slug_for_folder(row.code), row.group)
+                     for row in rows), key=lambda image: image.path)
+    codes = {slug_for_folder(row.code): row.code for row in rows}
+    labels = tuple(slug for slug in SLUGS if slug in codes)
+    return LabelledFolder(root, tuple(images), labels, {s: codes[s] for s in labels}, 0)
 
 
 def find_class_root(root: Path) -> Path:

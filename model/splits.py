@@ -93,6 +93,7 @@ def make_split(folder: LabelledFolder, seed: int = SEED, max_distance: int = NEA
     hashes, unreadable = hash_images(folder, hash_cache, progress)
     images = [image for image in folder.images if image.path in hashes]
     groups = near_duplicate_groups([hashes[image.path] for image in images], max_distance)
+    groups = joined_by_key(groups, [image.group for image in images])
     labels = [image.label for image in images]
     assigned = assign_splits(labels, groups, folder.labels, seed)
     rows = tuple(SplitRow(image.path, image.label, group, hashes[image.path], split)
@@ -195,6 +196,29 @@ def near_duplicate_groups(hashes: list[str], max_distance: int) -> list[int]:
                 for a, b in _close_pairs(unique[order[lo:hi]], max_distance):
                     union(int(first[order[lo + a]]), int(first[order[lo + b]]))
     return [find(i) for i in range(len(hashes))]
+
+
+def joined_by_key(groups: list[int], keys: list[str]) -> list[int]:
+    """Groups merged wherever two images share a non-empty key (a patient or a lesion from a metadata
+    table), ids again the index of each merged group's first image."""
+    first_of: dict[int, int] = {}
+    parent = {g: g for g in groups}
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    by_key: dict[str, int] = {}
+    for group, key in zip(groups, keys):
+        if key:
+            other = by_key.setdefault(key, group)
+            a, b = find(group), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    for index, group in enumerate(groups):
+        first_of.setdefault(find(group), index)
+    return [first_of[find(group)] for group in groups]
 
 
 def _bit_blocks(count: int) -> list[tuple[int, int]]:

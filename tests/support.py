@@ -221,11 +221,12 @@ def drop_pg_database(server_url: str, url: str) -> None:
     engine.dispose()
 
 
-def fake_probabilities(top_class: str, confidence: float = 0.6) -> dict[str, float]:
-    """Probabilities with `top_class` first at `confidence`, the rest shared out unevenly."""
-    from triage.catalogue import SLUGS
+def fake_probabilities(top_class: str, confidence: float = 0.6, labels=None) -> dict[str, float]:
+    """Probabilities over `labels` (the demo model's ten by default) with `top_class` first at
+    `confidence`, the rest shared out unevenly."""
+    from triage.catalogue import REFERENCE_LABEL_ORDER
 
-    others = [s for s in SLUGS if s != top_class]
+    others = [s for s in labels or REFERENCE_LABEL_ORDER if s != top_class]
     weights = list(range(len(others), 0, -1))
     rest = 1.0 - confidence
     probabilities = {s: rest * w / sum(weights) for s, w in zip(others, weights)}
@@ -236,13 +237,14 @@ def fake_probabilities(top_class: str, confidence: float = 0.6) -> dict[str, flo
 def seed_analysis(db, batch_id: int, *, priority: str = "urgent", top_class: str = "melanoma",
                   received_at=None, trained: bool = False, model_version: str = "demo-tiny-untrained@test",
                   name: str | None = None, image_id: int | None = None, heatmap_key: str | None = None,
-                  store_key: str = "0" * 64) -> int:
+                  store_key: str = "0" * 64, labels=None) -> int:
     """An image and the worker's analysis of it written straight to SQL (no worker needed); returns
-    the analysis id. With `image_id`, a further analysis of that image (another model version)."""
+    the analysis id. With `image_id`, a further analysis of that image (another model version); with
+    `labels`, the analysis of a model of that label set (the demo model's ten by default)."""
     from triage.schema import Analysis, Image, ImageStatus, utcnow
 
     received_at = received_at or utcnow()
-    probabilities = fake_probabilities(top_class)
+    probabilities = fake_probabilities(top_class, labels=labels)
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
     with db.session() as s:
         if image_id is None:

@@ -18,7 +18,7 @@ from model.splits import (SPLITS, assign_splits, make_split, near_duplicate_grou
                           write_split_csvs)
 from tests.labelled import KAGGLE_CLASSES, SLUG_OF, picture, write_labelled_folder
 from tests.support import ROOT
-from triage.catalogue import CLASSES
+from triage.catalogue import CLASSES, folder_names
 from triage.phash import hamming
 
 
@@ -41,12 +41,31 @@ def test_kaggle_folders_inside_a_wrapper_folder_map_to_catalogue_classes(tmp_pat
 
 
 def test_every_kaggle_folder_name_is_accepted(tmp_path):
-    for cls in CLASSES:
+    kaggle = [c for c in CLASSES if c.folder]
+    for cls in kaggle:
         (tmp_path / cls.folder).mkdir()
         (tmp_path / cls.folder / "a.png").write_bytes(b"")
     folder = scan_labelled_folder(tmp_path)
-    assert set(folder.labels) == {c.slug for c in CLASSES}
+    assert set(folder.labels) == {c.slug for c in kaggle} and len(kaggle) == 10
     assert folder.folders["warts_viral"] == "10. Warts Molluscum and other Viral Infections - 2103"
+
+
+@pytest.mark.parametrize("codes, labels", [
+    # PAD-UFES-20's diagnostic codes, as the dataset spells them.
+    (["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"],
+     ("melanoma", "bcc", "melanocytic_nevi", "seborrheic_keratoses", "actinic_keratosis", "scc")),
+    # HAM10000 / ISIC 2018 `dx` codes.
+    (["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
+     ("melanoma", "bcc", "melanocytic_nevi", "bkl", "actinic_keratosis", "dermatofibroma", "vascular_lesion")),
+])
+def test_other_datasets_folders_map_by_their_codes_in_catalogue_order(tmp_path, codes, labels):
+    for code in codes:
+        (tmp_path / "images" / code).mkdir(parents=True)
+        (tmp_path / "images" / code / "a.png").write_bytes(b"")
+    folder = scan_labelled_folder(tmp_path)
+    assert folder.root == tmp_path / "images"
+    assert folder.labels == labels
+    assert sorted(folder.folders.values()) == sorted(codes)
 
 
 def test_unknown_folder_is_refused_with_the_accepted_names(tmp_path):
@@ -57,7 +76,9 @@ def test_unknown_folder_is_refused_with_the_accepted_names(tmp_path):
     message = str(err.value)
     assert "'Rosacea 900'" in message
     assert "'2. Melanoma 15.75k'" in message and "'melanoma'" in message
-    assert all(c.folder in message for c in CLASSES)
+    # Every name and dataset code of every class, Kaggle or not.
+    assert all(repr(name) in message for c in CLASSES for name in folder_names(c))
+    assert "'akiec'" in message and "'ack'" in message and "'Squamous cell carcinoma'" in message
 
 
 def test_two_folders_for_one_class_are_refused(tmp_path):

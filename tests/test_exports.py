@@ -8,8 +8,8 @@ import json
 from sqlalchemy import select
 
 from tests.support import seed_analysis, seed_batch
-from triage.catalogue import DISCLAIMER, UNTRAINED_WARNING
-from triage.exports import CLASS_SYSTEM, CSV_COLUMNS
+from triage.catalogue import DISCLAIMER, REFERENCE_LABEL_ORDER, UNTRAINED_WARNING, classes_of
+from triage.exports import CLASS_SYSTEM, csv_columns
 from triage.schema import AuditEvent, Image, ImageStatus, Role
 
 NOTE = '=HYPERLINK("http://evil.example","click"), said "x"'
@@ -43,10 +43,12 @@ def test_csv_has_model_and_decision_side_by_side_and_no_formulas(sqlite_stack):
     assert response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"] == f'attachment; filename="batch-{seeded["batch"]}.csv"'
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    assert list(rows[0]) == CSV_COLUMNS and len(rows) == 4
+    # A probability column for each class the analyses have: the demo model's ten, in catalogue order.
+    assert list(rows[0]) == csv_columns([c.slug for c in classes_of(REFERENCE_LABEL_ORDER)]) and len(rows) == 4
     arm = next(r for r in rows if r["file_name"] == "arm.jpg")
     assert (arm["model_top_class"], arm["p_melanoma"], arm["priority"]) == ("melanoma", "0.600000", "urgent")
     assert (arm["review_decision"], arm["review_diagnosis"], arm["reviewer"]) == ("change", "bcc", "admin")
+    assert (arm["model_top_class_name"], arm["review_diagnosis_name"]) == ("Melanoma", "Basal cell carcinoma")
     assert arm["review_note"] == "'" + NOTE  # a spreadsheet shows it as text instead of running it
     assert arm["reviewed_at"].endswith("Z")
     unreviewed = [r for r in rows if r["file_name"] != "arm.jpg" and r["status"] == "analysed"]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tests import imagegen
 from tests.support import csrf_token, seed_analysis, seed_batch
-from triage.catalogue import CLASSES, DISCLAIMER, UNTRAINED_WARNING
+from triage.catalogue import BY_SLUG, DISCLAIMER, REFERENCE_LABEL_ORDER, UNTRAINED_WARNING
 from triage.reviews import Cursor, QueueFilter, queue_page, sync_cases
 from triage.schema import Analysis, AuditEvent, CaseState, Review, ReviewCase, Role, utcnow
 
@@ -156,8 +156,8 @@ def test_the_case_page_shows_the_models_output_in_full(sqlite_stack):
     assert "left-arm.jpg" in html and "Clinic A" in html
     assert f'src="/images/{_image_of(stack, analysis)}/file"' in html
     assert 'id="show-heatmap"' in html and 'class="heatmap"' in html
-    for cls in CLASSES:  # a bar for every class
-        assert f"<th scope=\"row\">{cls.display_name}</th>" in html
+    for slug in REFERENCE_LABEL_ORDER:  # a bar for every class of the (demo) model
+        assert f"<th scope=\"row\">{BY_SLUG[slug].display_name}</th>" in html
     assert len(re.findall(r'<rect class="fill" x="0" y="0" width="[\d.]+"', html)) == 10
     assert 'width="60.0"' in html  # melanoma's 60% bar
     assert html.count("<li>") >= 3 and "Seeded as urgent." in html and "Seeded advice." in html
@@ -361,7 +361,7 @@ def test_the_queue_stays_fast_with_100000_analyses(make_stack, sqlite_url, n):
 def _bulk_cases(stack, n: int) -> None:
     """n analysed images with analyses and cases, written by SQLite itself (a recursive CTE)."""
     series = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
-    slugs = [c.slug for c in CLASSES]
+    slugs = REFERENCE_LABEL_ORDER
     top = "CASE i % 10 " + " ".join(f"WHEN {k} THEN '{s}'" for k, s in enumerate(slugs)) + " END"
     priority = "CASE i % 4 WHEN 0 THEN 'urgent' WHEN 1 THEN 'review' ELSE 'routine' END"
     at = "datetime('2026-01-01', '+' || i || ' seconds')"

@@ -7,21 +7,28 @@ from types import SimpleNamespace
 
 import pytest
 
-from triage.catalogue import BY_SLUG, SLUGS
-from triage.risk import (HIGH, LOW, MEDIUM, PRIORITY_ADVICE, RESHOOT, REVIEW, ROUTINE, URGENT, Assessment,
-                         RiskThresholds, assess, normalised_entropy, reshoot_assessment)
+from triage.catalogue import BY_SLUG, MALIGNANT_SLUGS, PRE_MALIGNANT_SLUGS, REFERENCE_LABEL_ORDER
+from triage.risk import (HIGH, LOW, MEDIUM, PRE_MALIGNANT_ADVICE, PRIORITY_ADVICE, RESHOOT, REVIEW, ROUTINE, URGENT,
+                         Assessment, RiskThresholds, assess, normalised_entropy, reshoot_assessment)
 
 DEFAULT = RiskThresholds()  # 0.30 malignant, 0.50 confidence, 0.75 entropy
+KAGGLE = REFERENCE_LABEL_ORDER  # the demo and reference models' ten classes
+# A model trained on PAD-UFES-20 (its card's labels, in catalogue order).
+PAD_UFES_20 = ("melanoma", "bcc", "melanocytic_nevi", "seborrheic_keratoses", "actinic_keratosis", "scc")
 
 
-def dist(**given: float) -> dict[str, float]:
-    """Probabilities over all ten slugs: the named ones, the remainder shared evenly by the rest."""
-    unknown = set(given) - set(SLUGS)
+def dist(labels=KAGGLE, **given: float) -> dict[str, float]:
+    """Probabilities over a model's labels: the named ones, the remainder shared evenly by the rest."""
+    unknown = set(given) - set(labels)
     assert not unknown, unknown
-    rest = [s for s in SLUGS if s not in given]
+    rest = [s for s in labels if s not in given]
     share = (1.0 - sum(given.values())) / len(rest) if rest else 0.0
     assert share >= 0
-    return {s: given.get(s, share) for s in SLUGS}
+    return {s: given.get(s, share) for s in labels}
+
+
+def pad(**given: float) -> dict[str, float]:
+    return dist(PAD_UFES_20, **given)
 
 
 def row(id_, probabilities, risk, priority, reason, thresholds=DEFAULT, quality=()):
@@ -85,6 +92,70 @@ def test_policy_table(probabilities, thresholds, quality, risk, priority, reason
     assert result.recommendations[0] == PRIORITY_ADVICE[priority]
     top = BY_SLUG[result.top_class]
     assert f"{top.display_name}: {top.recommendation}" in result.recommendations[1:]
+
+
+# A model of another label set (PAD-UFES-20's six): actinic keratosis is pre-malignant, never routine
+# and never urgent on that alone; SCC is malignant. The first advice says why the image is not routine.
+PAD_POLICY = [
+    row("confident-actinic-keratosis", pad(actinic_keratosis=0.90), MEDIUM, REVIEW,
+        "Actinic keratosis / intraepithelial carcinoma is pre-malignant (90%): never routine"),
+    row("confident-scc", pad(scc=0.85), HIGH, URGENT, "Squamous cell carcinoma is malignant (85%)"),
+    row("confident-sek", pad(seborrheic_keratoses=0.90), LOW, ROUTINE, "is benign"),
+    # The pre-malignant safety net: a mole ranks first, yet pre-malignant + malignant reach the threshold.
+    row("nevus-first-pre-malignant-and-malignant-reach", pad(melanocytic_nevi=0.62, actinic_keratosis=0.20,
+                                                            melanoma=0.10),
+        MEDIUM, REVIEW, "Pre-malignant and malignant classes together reach 35% (threshold 30%)"),
+    row("nevus-first-pre-malignant-and-malignant-below", pad(melanocytic_nevi=0.80, actinic_keratosis=0.10),
+        LOW, ROUTINE, "malignant classes together 7%, with the pre-malignant 18%"),
+    row("pre-malignant-sum-exactly-at-threshold", pad(melanocytic_nevi=0.70, actinic_keratosis=0.26, bcc=0.04),
+        MEDIUM, REVIEW, "reach 30% (threshold 30%)"),
+    row("lower-threshold-catches-a-smaller-pre-malignant-share", pad(melanocytic_nevi=0.80, actinic_keratosis=0.10),
+        MEDIUM, REVIEW, "reach 18% (threshold 15%)", thresholds=RiskThresholds(malignant_threshold=0.15)),
+    # Urgent outranks: with enough malignant probability a pre-malignant top class is urgent.
+    row("pre-malignant-first-malignant-sum-reaches", pad(actinic_keratosis=0.50, scc=0.25, melanoma=0.10),
+        HIGH, URGENT, "Malignant classes together reach 40%"),
+    row("pre-malignant-and-unsure-is-review", pad(actinic_keratosis=0.40, seborrheic_keratoses=0.35),
+        MEDIUM, REVIEW, "Top probability 40% is below 50%"),
+    row("pre-malignant-and-marginal-quality-is-review", pad(actinic_keratosis=0.90), MEDIUM, REVIEW,
+        "Image quality is marginal: blur", quality=["blur"]),
+    # An exact tie goes to the more severe class: pre-malignant before benign.
+    row("tie-actinic-keratosis-sek-goes-to-actinic-keratosis", pad(actinic_keratosis=0.45, seborrheic_keratoses=0.45),
+        MEDIUM, REVIEW, "Actinic keratosis / intraepithelial carcinoma is pre-malignant (45%)"),
+]
+
+
+@pytest.mark.parametrize("probabilities, thresholds, quality, risk, priority, reason", PAD_POLICY)
+def test_policy_table_for_a_pad_ufes_20_model(probabilities, thresholds, quality, risk, priority, reason):
+    result = assess(probabilities, thresholds, quality)
+    assert (result.risk_level, result.priority) == (risk, priority), result.reasons
+    assert any(reason in r for r in result.reasons), result.reasons
+    pre_malignant = any("pre-malignant" in r.lower() for r in result.reasons)
+    first = PRE_MALIGNANT_ADVICE if pre_malignant and priority == REVIEW else PRIORITY_ADVICE[priority]
+    assert result.recommendations[0] == first
+    top = BY_SLUG[result.top_class]
+    assert f"{top.display_name}: {top.recommendation}" in result.recommendations[1:]
+
+
+def test_pre_malignant_advice_comes_with_the_unsure_models_advice():
+    result = assess(pad(actinic_keratosis=0.40, seborrheic_keratoses=0.35), DEFAULT)
+    assert result.recommendations[:2] == [PRE_MALIGNANT_ADVICE, PRIORITY_ADVICE[REVIEW]]
+    assert "not routine" in PRE_MALIGNANT_ADVICE.lower()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_pre_malignant_lesion_is_never_routine(seed):
+    """Over many random outputs of the six-class model: whenever actinic keratosis ranks first, or it and
+    the malignant classes together reach the threshold, the image is seen (review, or urgent)."""
+    rng = random.Random(seed)
+    for _ in range(2000):
+        weights = [rng.random() ** 3 for _ in PAD_UFES_20]
+        probabilities = {s: w / sum(weights) for s, w in zip(PAD_UFES_20, weights)}
+        result = assess(probabilities, DEFAULT)
+        neoplastic = sum(probabilities[s] for s in MALIGNANT_SLUGS + PRE_MALIGNANT_SLUGS if s in probabilities)
+        if result.top_class in PRE_MALIGNANT_SLUGS or neoplastic >= DEFAULT.malignant_threshold:
+            assert result.priority in (URGENT, REVIEW) and result.risk_level in (HIGH, MEDIUM), probabilities
+        else:
+            assert result.risk_level == LOW and result.priority in (ROUTINE, REVIEW)
 
 
 def test_abstain_reasons_are_absent_when_confident():
@@ -158,8 +229,8 @@ def test_reshoot_assessment():
 
 
 def test_normalised_entropy_extremes():
-    uniform = {s: 0.1 for s in SLUGS}
-    one_hot = {s: (1.0 if s == "eczema" else 0.0) for s in SLUGS}
+    uniform = {s: 0.1 for s in KAGGLE}
+    one_hot = {s: (1.0 if s == "eczema" else 0.0) for s in KAGGLE}
     assert normalised_entropy(uniform) == pytest.approx(1.0)
     assert normalised_entropy(one_hot) == 0.0
     two_way = dist(eczema=0.5, bcc=0.5)

@@ -3,6 +3,7 @@
 CSV for spreadsheets, JSON for scripts, and a FHIR R4 Bundle (a DiagnosticReport with one Observation
 per image, the class probabilities as components) for hospital systems. Every export carries the
 disclaimer, and the untrained-model warning whenever an untrained model produced any of its results.
+Each lists the classes its analyses have (their models' labels), never a fixed set.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from .catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name
+from .catalogue import DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
 from .reviews import decisions_on
 from .schema import Analysis, Batch, Image, utcnow
 
@@ -45,9 +46,13 @@ def batch_export(session, batch_id: int) -> dict | None:
                  for review, username in decisions_on(session, [a.id for a in latest.values()])}
     entries = [_entry(image, latest.get(image.id), decisions) for image in images]
     untrained = any(e["model"] and not e["model"]["trained"] for e in entries)
+    # The classes the batch's analyses have, in catalogue order: one model's labels, or the union of
+    # several when models changed while the batch was analysed.
+    classes = classes_of(slug for e in entries if e["model"] for slug in e["model"]["probabilities"] or {})
     return {"batch": {"id": batch.id, "name": batch.name, "created_at": _iso(batch.created_at)},
             "exported_at": _iso(utcnow()), "disclaimer": DISCLAIMER,
             "model_untrained": untrained, "warning": UNTRAINED_WARNING if untrained else None,
+            "classes": [{"slug": c.slug, "name": c.display_name, "severity": c.severity} for c in classes],
             "images": entries}
 
 
@@ -61,7 +66,8 @@ def _entry(image: Image, analysis: Analysis | None, decisions: dict) -> dict:
         "analysis_id": analysis.id, "version": analysis.model_version, "trained": analysis.model_trained,
         "outcome": analysis.outcome, "top_class": analysis.top_class, "confidence": analysis.confidence,
         "top_class_name": class_name(analysis.top_class),
-        "probabilities": analysis.probabilities, "risk_level": analysis.risk_level,
+        "probabilities": analysis.probabilities, "classes": named_probabilities(analysis.probabilities),
+        "risk_level": analysis.risk_level,
         "priority": analysis.priority, "reasons": analysis.reasons, "recommendations": analysis.recommendations,
         "analysed_at": _iso(analysis.created_at),
     }
@@ -77,11 +83,13 @@ def _entry(image: Image, analysis: Analysis | None, decisions: dict) -> dict:
 
 # --- CSV -----------------------------------------------------------------------------------------
 
-CSV_COLUMNS = (["image_id", "file_name", "status", "model_version", "model_trained", "model_top_class",
-                "model_confidence", "risk_level", "priority"]
-               + [f"p_{c.slug}" for c in CLASSES]
-               + ["model_reasons", "review_decision", "review_diagnosis", "reviewer", "reviewed_at",
-                  "review_note", "error", "warning", "disclaimer"])
+def csv_columns(slugs: list[str]) -> list[str]:
+    """The header: a probability column `p_<slug>` for each class of the export, between fixed columns."""
+    return (["image_id", "file_name", "status", "model_version", "model_trained", "model_top_class",
+             "model_top_class_name", "model_confidence", "risk_level", "priority"]
+            + [f"p_{slug}" for slug in slugs]
+            + ["model_reasons", "review_decision", "review_diagnosis", "review_diagnosis_name", "reviewer",
+               "reviewed_at", "review_note", "error", "warning", "disclaimer"])
 
 
 def _cell(value) -> str:
@@ -95,16 +103,18 @@ def _cell(value) -> str:
 def to_csv(export: dict) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    slugs = [c["slug"] for c in export["classes"]]
+    writer.writerow(csv_columns(slugs))
     for entry in export["images"]:
         model, review = entry["model"] or {}, entry["review"] or {}
         probabilities = model.get("probabilities") or {}
         row = ([entry["image_id"], entry["file_name"], entry["status"], model.get("version"),
-                model.get("trained"), model.get("top_class"), _number(model.get("confidence")),
-                model.get("risk_level"), model.get("priority")]
-               + [_number(probabilities.get(c.slug)) for c in CLASSES]
+                model.get("trained"), model.get("top_class"), model.get("top_class_name"),
+                _number(model.get("confidence")), model.get("risk_level"), model.get("priority")]
+               + [_number(probabilities.get(slug)) for slug in slugs]
                + [" | ".join(model.get("reasons") or []), review.get("decision"), review.get("diagnosis"),
-                  review.get("reviewer"), review.get("decided_at"), review.get("note"), entry["error"],
+                  review.get("diagnosis_name"), review.get("reviewer"), review.get("decided_at"),
+                  review.get("note"), entry["error"],
                   UNTRAINED_WARNING if model and not model.get("trained") else None, DISCLAIMER])
         writer.writerow([_cell(v) for v in row])
     return out.getvalue()
@@ -121,8 +131,8 @@ def _urn(kind: str, key) -> str:
 
 
 def _class_concept(slug: str) -> dict:
-    return {"coding": [{"system": CLASS_SYSTEM, "code": slug, "display": BY_SLUG[slug].display_name}],
-            "text": BY_SLUG[slug].display_name}
+    name = class_name(slug) or slug  # an old row may name a class the catalogue has since renamed
+    return {"coding": [{"system": CLASS_SYSTEM, "code": slug, "display": name}], "text": name}
 
 
 def _field(code: str, text: str) -> dict:
@@ -176,9 +186,9 @@ def _device(model: dict) -> dict:
 def _observation(image: dict, model: dict, device_url: str, export: dict) -> dict:
     review = image["review"]
     components = []
-    for slug, probability in sorted((model["probabilities"] or {}).items(), key=lambda kv: -kv[1]):
-        components.append({"code": _class_concept(slug),
-                           "valueQuantity": {"value": round(probability, 6), "unit": "probability",
+    for named in model["classes"]:
+        components.append({"code": _class_concept(named["slug"]),
+                           "valueQuantity": {"value": round(named["probability"], 6), "unit": "probability",
                                              "system": "http://unitsofmeasure.org", "code": "1"}})
     if model["risk_level"]:
         components.append({"code": _field("risk-level", "Risk level"), "valueString": model["risk_level"]})

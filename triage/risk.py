@@ -2,18 +2,26 @@
 
 Deterministic and free of I/O so it can be tested as a table. The thresholds in force are
 returned with every assessment and stored with the analysis, so a result can be explained later.
+It works on whatever classes the model has (its card's labels): the sums below cover the malignant and
+pre-malignant classes that are present.
+
+A pre-malignant lesion (actinic keratosis / intraepithelial carcinoma) is never routine, nor urgent
+on that alone: when it ranks first, or when the pre-malignant and malignant classes together reach the
+malignant threshold (one knob: what makes a possible cancer urgent makes a possible precursor worth a
+clinician's look), the risk is at least medium and the priority review, with its own reason and advice.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-from .catalogue import BY_SLUG, MALIGNANT, MALIGNANT_SLUGS, NEEDS_TREATMENT, SEVERITY_RANK
+from .catalogue import (BY_SLUG, MALIGNANT, MALIGNANT_SLUGS, NEEDS_TREATMENT, PRE_MALIGNANT, PRE_MALIGNANT_SLUGS,
+                        SEVERITY_RANK)
 
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 URGENT, REVIEW, ROUTINE, RESHOOT = "urgent", "review", "routine", "reshoot"
 PRIORITY_ORDER = (URGENT, REVIEW, ROUTINE, RESHOOT)
-RISK_FOR_SEVERITY = {MALIGNANT: HIGH, NEEDS_TREATMENT: MEDIUM}
+RISK_FOR_SEVERITY = {MALIGNANT: HIGH, PRE_MALIGNANT: MEDIUM, NEEDS_TREATMENT: MEDIUM}
 
 # Probabilities that sum to a threshold in exact arithmetic can land one rounding step below it
 # (0.05 + 0.12 < 0.17 in floating point); "reaching" a threshold allows for that.
@@ -25,6 +33,8 @@ PRIORITY_ADVICE = {
     ROUTINE: "Routine review.",
     RESHOOT: "Retake the photograph; the image was not analysed.",
 }
+# What a review for a possible pre-malignant lesion asks for: a clinician's look within weeks.
+PRE_MALIGNANT_ADVICE = "Not routine: a possible pre-malignant lesion must be assessed by a clinician within weeks."
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,11 @@ def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
                     key=lambda kv: (-kv[1], -SEVERITY_RANK[BY_SLUG[kv[0]].severity], kv[0]))
     top_class, confidence = ranked[0]
     malignant_p = sum(probabilities.get(s, 0.0) for s in MALIGNANT_SLUGS)
+    pre_malignant_p = sum(probabilities.get(s, 0.0) for s in PRE_MALIGNANT_SLUGS)
     entropy = normalised_entropy(probabilities)
     top_cls = BY_SLUG[top_class]
     reasons: list[str] = []
+    pre_malignant = False  # a possible pre-malignant lesion keeps the image out of routine
 
     # Risk follows the most severe plausible class, not only the arg-max.
     risk = RISK_FOR_SEVERITY.get(top_cls.severity, LOW)
@@ -85,10 +97,21 @@ def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
         reasons.append(f"Malignant classes together reach {malignant_p:.0%} "
                        f"(threshold {thresholds.malignant_threshold:.0%}) although "
                        f"{top_cls.display_name} ranks first.")
+    elif top_cls.severity == PRE_MALIGNANT:
+        pre_malignant = True
+        reasons.append(f"Top class {top_cls.display_name} is pre-malignant ({confidence:.0%}): never routine.")
+    elif pre_malignant_p and malignant_p + pre_malignant_p >= thresholds.malignant_threshold - _ROUNDING:
+        risk, pre_malignant = MEDIUM, True
+        reasons.append(f"Pre-malignant and malignant classes together reach {malignant_p + pre_malignant_p:.0%} "
+                       f"(threshold {thresholds.malignant_threshold:.0%}) although "
+                       f"{top_cls.display_name} ranks first.")
     else:
+        # A model with pre-malignant classes says how far their share was from keeping the image out of routine.
+        with_pre_malignant = (f", with the pre-malignant {malignant_p + pre_malignant_p:.0%}"
+                              if any(s in probabilities for s in PRE_MALIGNANT_SLUGS) else "")
         reasons.append(f"Top class {top_cls.display_name} ({confidence:.0%}) is "
                        f"{'a condition needing treatment' if risk == MEDIUM else 'benign'}; "
-                       f"malignant classes together {malignant_p:.0%}.")
+                       f"malignant classes together {malignant_p:.0%}{with_pre_malignant}.")
 
     abstain: list[str] = []
     if confidence < thresholds.min_confidence:
@@ -101,13 +124,16 @@ def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
     # A possible cancer is always seen first, even when the model is unsure: urgent outranks review.
     if risk == HIGH:
         priority = URGENT
-    elif abstain:
+    elif abstain or pre_malignant:
         priority = REVIEW
     else:
         priority = ROUTINE
     reasons.extend(abstain)
 
-    recommendations = [PRIORITY_ADVICE[priority]]
+    if pre_malignant:  # never urgent on that alone, so always review here
+        recommendations = [PRE_MALIGNANT_ADVICE] + ([PRIORITY_ADVICE[REVIEW]] if abstain else [])
+    else:
+        recommendations = [PRIORITY_ADVICE[priority]]
     plausible = [s for s, p in ranked[:3] if p >= 0.10 or s == top_class]
     for slug in sorted(plausible, key=lambda s: -SEVERITY_RANK[BY_SLUG[s].severity]):
         recommendations.append(f"{BY_SLUG[slug].display_name}: {BY_SLUG[slug].recommendation}")

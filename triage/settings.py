@@ -148,7 +148,9 @@ class Settings(BaseSettings):
                                    description="A pass this close (relative) to a threshold counts as marginal.")
     # --- risk policy -------------------------------------------------------------------------
     malignant_threshold: float = Field(0.30, validation_alias=_env("DERMATRIAGE_MALIGNANT_THRESHOLD"),
-                                       description="Summed melanoma + BCC probability that makes an image high risk.")
+                                       description="Summed probability of the malignant classes (melanoma, BCC, "
+                                                   "SCC) that makes an image high risk; reached with the "
+                                                   "pre-malignant ones added, it keeps an image from routine.")
     min_confidence: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MIN_CONFIDENCE"),
                                   description="Below this top probability the model abstains (priority review).")
     max_entropy: float = Field(0.75, validation_alias=_env("DERMATRIAGE_MAX_ENTROPY"),

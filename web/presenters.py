@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from triage.catalogue import BY_SLUG, CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name
+from triage.catalogue import CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
 from triage.reviews import reviews_of
 from triage.schema import Analysis, Batch, CaseState, Image, ImageStatus, ReviewCase, User
 
@@ -33,6 +33,7 @@ def image_dict(image: Image, reviews: dict[int, list[dict]] | None = None) -> di
             "model_trained": analysis.model_trained,
             "outcome": analysis.outcome,
             "probabilities": analysis.probabilities,
+            "classes": named_probabilities(analysis.probabilities),  # the model's own classes, named
             "top_class": analysis.top_class,
             "top_class_name": class_name(analysis.top_class),
             "confidence": analysis.confidence,
@@ -106,13 +107,13 @@ def recent_batches(session, limit: int = 20) -> list[dict]:
 
 
 def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
-    """What the case page shows: the image and the model's output, every number with its context."""
-    probabilities = analysis.probabilities or {}
+    """What the case page shows: the image and the model's output, every number with its context.
+    The bars and the classes offered first are the analysis's own (its model's card), whatever they are."""
     top3 = {slug for slug, _ in analysis.top3 or []}
-    bars = [{"slug": c.slug, "name": c.display_name, "p": probabilities.get(c.slug, 0.0),
-             "width": round(100 * probabilities.get(c.slug, 0.0), 2), "top3": c.slug in top3,
-             "top": c.slug == analysis.top_class} for c in CLASSES]
-    bars.sort(key=lambda b: -b["p"])
+    bars = [{"slug": c["slug"], "name": c["name"], "p": c["probability"], "width": round(100 * c["probability"], 2),
+             "top3": c["slug"] in top3, "top": c["slug"] == analysis.top_class}
+            for c in named_probabilities(analysis.probabilities)]
+    model_classes = classes_of(analysis.probabilities or {})
     return {
         "analysis_id": analysis.id, "image_id": image.id, "image_name": image.display_name,
         "width": image.width, "height": image.height,
@@ -124,8 +125,12 @@ def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
         "top_class": analysis.top_class,
         "top_class_name": class_name(analysis.top_class),
         "confidence": analysis.confidence,
-        "top3": [(BY_SLUG[s].display_name, p) for s, p in analysis.top3 or []],
-        "bars": bars, "risk_level": analysis.risk_level, "priority": analysis.priority,
+        "top3": [(class_name(s) or s, p) for s, p in analysis.top3 or []],
+        "bars": bars,
+        # A clinician may name any catalogue class; the model's own come first, with the number keys.
+        "model_classes": model_classes,
+        "other_classes": tuple(c for c in CLASSES if c not in model_classes),
+        "risk_level": analysis.risk_level, "priority": analysis.priority,
         "reasons": analysis.reasons, "recommendations": analysis.recommendations,
         "quality_checks": (analysis.quality or {}).get("checks", []),
         "quality_passed": (analysis.quality or {}).get("passed"),

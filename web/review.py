@@ -5,9 +5,9 @@ from flask import Blueprint, abort, jsonify, redirect, render_template, request,
 from flask_login import current_user
 from sqlalchemy import select
 
-from triage.catalogue import CLASSES
-from triage.reviews import (PRIORITY_RANK, Cursor, DecisionError, QueueFilter, case_for, decide, neighbour,
-                            queue_page, reviews_of, sync_cases)
+from triage.catalogue import classes_of
+from triage.reviews import (PRIORITY_RANK, Cursor, DecisionError, QueueFilter, case_for, classes_in_queue, decide,
+                            neighbour, queue_page, reviews_of, sync_cases)
 from triage.schema import Analysis, Batch, CaseState, Decision, Image, Role, User
 
 from .auth import audit, requires
@@ -29,12 +29,15 @@ def _reviewers_only():
     pass
 
 
-def _filter_choices(s) -> dict:
+def _filter_choices(s, flt: QueueFilter) -> dict:
     reviewers = s.execute(select(User.id, User.username).where(User.role.in_([Role.REVIEWER, Role.ADMIN]))
                           .order_by(User.username)).all()
     batches = s.execute(select(Batch.id, Batch.name).order_by(Batch.id.desc()).limit(100)).all()
-    return {"reviewers": reviewers, "batches": batches, "classes": CLASSES, "priorities": list(PRIORITY_RANK),
-            "states": CaseState.ALL}
+    # The classes the models in use predicted, whatever their label sets (and the one filtered on, so
+    # that it stays selected).
+    occurring = classes_in_queue(s) + ([flt.top_class] if flt.top_class else [])
+    return {"reviewers": reviewers, "batches": batches, "classes": classes_of(occurring),
+            "priorities": list(PRIORITY_RANK), "states": CaseState.ALL}
 
 
 @bp.get("/review")
@@ -45,7 +48,7 @@ def queue():
     with svc.db.session() as s:
         sync_cases(s, svc.settings)
         page = queue_page(s, flt, after=after, before=before)
-        choices = _filter_choices(s)
+        choices = _filter_choices(s, flt)
     return render_template("queue.html", page=page, flt=flt, args=flt.as_args(), done=bool(request.args.get("done")),
                            **choices)
 
@@ -77,7 +80,7 @@ def case(analysis_id: int):
         batch = s.get(Batch, image.batch_id)
         later, earlier = neighbour(s, flt, found, True), neighbour(s, flt, found, False)
         view = case_view(analysis, image, batch, found, reviews_of(s, [analysis_id]).get(analysis_id, []))
-    return render_template("case.html", case=view, args=flt.as_args(), classes=CLASSES,
+    return render_template("case.html", case=view, args=flt.as_args(),
                            next_id=later.analysis_id if later else None,
                            prev_id=earlier.analysis_id if earlier else None,
                            decisions=[(d, DECISION_LABELS[d], DECISION_KEYS[d]) for d in Decision.ALL])

@@ -6,7 +6,7 @@ from datetime import datetime
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from triage.catalogue import BY_SLUG, DISCLAIMER
+from triage.catalogue import CLASSES, DISCLAIMER
 from triage.schema import Analysis, Batch, Image
 
 from .auth import audit
@@ -141,9 +141,11 @@ def api_batch(batch_id: int):
 
 @bp.get("/api/classes")
 def api_classes():
+    """The whole catalogue; a model serves the subset its card names (an analysis lists its own)."""
     return jsonify(disclaimer=DISCLAIMER, classes=[
-        {"slug": c.slug, "folder": c.folder, "name": c.display_name, "description": c.description,
-         "severity": c.severity, "recommendation": c.recommendation} for c in BY_SLUG.values()])
+        {"slug": c.slug, "folder": c.folder, "codes": list(c.codes), "name": c.display_name,
+         "description": c.description, "severity": c.severity, "recommendation": c.recommendation}
+        for c in CLASSES])
 
 
 def _stored_file(key: str | None, mimetype: str) -> Response:

@@ -38,7 +38,7 @@
     if (submitter && submitter.value === "change" &&
         diagnosis.value === diagnosis.getAttribute("data-model-class")) {
       event.preventDefault();
-      hint.hidden = false;  // focus stays on the page, so the keys 1-0 and then d carry on as the hint says
+      hint.hidden = false;  // focus stays on the page, so the number keys and then d carry on as the hint says
       return;
     }
     if (form.getAttribute("data-sent")) { event.preventDefault(); return; }  // one decision per key press

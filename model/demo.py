@@ -7,6 +7,7 @@ from pathlib import Path
 from triage.catalogue import REFERENCE_LABEL_ORDER
 
 from .card import ModelCard, file_sha256
+from .network import BACKBONES
 
 
 def build_demo_model(out: Path, backbone: str = "resnet152", seed: int = 0,
@@ -29,6 +30,7 @@ def build_demo_model(out: Path, backbone: str = "resnet152", seed: int = 0,
     tmp.replace(out)
     card = ModelCard(labels=list(labels), version=f"demo-{backbone}-untrained",
                      weights_sha256=file_sha256(out), trained=False, architecture=backbone,
+                     preprocessing=BACKBONES[backbone].scaling,
                      notes="Random weights: outputs are meaningless. Built for demonstration and testing.")
     card.save(out)
     return card
@@ -37,7 +39,7 @@ def build_demo_model(out: Path, backbone: str = "resnet152", seed: int = 0,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="weights file to write (.keras or .h5)")
-    parser.add_argument("--backbone", choices=("resnet152", "tiny"), default="resnet152")
+    parser.add_argument("--backbone", choices=tuple(BACKBONES), default="resnet152")
     parser.add_argument("--labels", default=",".join(REFERENCE_LABEL_ORDER),
                         help="comma-separated class slugs in output order (default: the reference's ten)")
     args = parser.parse_args(argv)

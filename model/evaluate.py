@@ -151,7 +151,7 @@ def _probabilities(classifier, images: LabelledSet, batch_size: int, verbose: in
     from .inputs import predict_probabilities
 
     # The network's own output; the temperature is applied here, once, so both sides can be reported.
-    return predict_probabilities(classifier.model, images.paths, classifier.input_size, batch_size, verbose)
+    return predict_probabilities(classifier.model, images.paths, classifier.input_spec, batch_size, verbose)
 
 
 def _split_matches_card(card: ModelCard, split_sha256: dict[str, str] | None) -> bool | None:

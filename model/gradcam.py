@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .preprocess import CAFFE_MEAN_BGR
+from .preprocess import InputSpec
 
 OVERLAY_ALPHA = 0.45
 
@@ -53,7 +53,8 @@ class GradCam:
         # With a softmax head, stop at its input and apply its kernel by hand to get the logits.
         scored = _only(head.input) if head is not None else _only(model.outputs)
         grad_model = keras.Model(_only(model.inputs), [layer.output, scored])
-        size = classifier.input_size
+        self.spec = classifier.input_spec
+        size = self.spec.size
         self.layer_name = layer.name
 
         def logits(features):
@@ -104,7 +105,7 @@ class GradCam:
 
     def overlays(self, batch: np.ndarray, heat: np.ndarray) -> list[bytes]:
         """The second half of `explain`, the CPU's part: one PNG per map, over the image it explains."""
-        return [overlay_png(x, h) for x, h in zip(batch, heat)]
+        return [overlay_png(x, h, self.spec) for x, h in zip(batch, heat)]
 
     def __call__(self, batch: np.ndarray, _probs=None) -> list[bytes]:
         return self.explain(batch)[1]
@@ -114,9 +115,9 @@ class GradCam:
             self._run(np.zeros((count, size, size, 3), np.float32))
 
 
-def overlay_png(network_input: np.ndarray, heat: np.ndarray) -> bytes:
-    """Blend a heatmap over the image the network saw (undoing the caffe normalisation)."""
-    bgr = np.clip(network_input + CAFFE_MEAN_BGR, 0, 255).astype(np.uint8)
+def overlay_png(network_input: np.ndarray, heat: np.ndarray, spec: InputSpec = InputSpec()) -> bytes:
+    """Blend a heatmap over the image the network saw (undoing the input scaling)."""
+    bgr = np.ascontiguousarray(spec.picture(network_input)[..., ::-1])
     h, w = bgr.shape[:2]
     heat = cv2.resize(np.nan_to_num(heat).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)

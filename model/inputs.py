@@ -1,8 +1,8 @@
 """The tf.data input pipeline for training and evaluation.
 
 Pixels reach the network through exactly the functions the worker uses: `triage.imaging.decode_rgb`
-(EXIF orientation, CMYK, 16-bit) and `model.preprocess.preprocess_rgb` (squash to the input size,
-caffe normalisation). They run inside `tf.numpy_function`, in parallel, with prefetching, so a model
+(EXIF orientation, CMYK, 16-bit) and `model.preprocess.InputSpec.tensor` (squash to the input size,
+then the backbone's input scaling). They run inside `tf.numpy_function`, in parallel, with prefetching, so a model
 is never trained on pixels prepared differently from those it will see in the clinic.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from triage.imaging import decode_rgb
 
-from .preprocess import preprocess_rgb
+from .preprocess import InputSpec
 
 # Lesions have no up or down, so flips in both axes are free; rotation and zoom stay moderate so a
 # small lesion is not cropped away.
@@ -21,12 +21,12 @@ ROTATION = 0.1  # fraction of a full turn, either way
 ZOOM = 0.15
 
 
-def read_network_input(path: str | Path, size: int) -> np.ndarray:
+def read_network_input(path: str | Path, spec: InputSpec) -> np.ndarray:
     with open(path, "rb") as fh:
-        return preprocess_rgb(decode_rgb(fh.read()), size)
+        return spec.tensor(decode_rgb(fh.read()))
 
 
-def image_dataset(paths: list[Path], labels: list[int], size: int, batch_size: int, *,
+def image_dataset(paths: list[Path], labels: list[int], spec: InputSpec, batch_size: int, *,
                   shuffle_seed: int | None = None, augment_seed: int | None = None):
     """Batches of (network input, label index). Shuffled (and augmented) only when given a seed;
     otherwise in the given order, so predictions line up with `paths`."""
@@ -38,9 +38,9 @@ def image_dataset(paths: list[Path], labels: list[int], size: int, batch_size: i
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load(path, label):
-        x = tf.numpy_function(lambda p: read_network_input(p.decode(), size), [path], tf.float32,
+        x = tf.numpy_function(lambda p: read_network_input(p.decode(), spec), [path], tf.float32,
                               stateful=False)
-        x.set_shape((size, size, 3))
+        x.set_shape((spec.size, spec.size, 3))
         return x, label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
@@ -62,9 +62,10 @@ def augmentation(seed: int):
     ], name="augmentation")
 
 
-def predict_probabilities(model, paths: list[Path], size: int, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+def predict_probabilities(model, paths: list[Path], spec: InputSpec, batch_size: int = 32,
+                          verbose: int = 0) -> np.ndarray:
     """The network's own softmax output for each path, in order (no temperature applied)."""
-    ds = image_dataset(paths, [0] * len(paths), size, batch_size).map(lambda x, y: x)
+    ds = image_dataset(paths, [0] * len(paths), spec, batch_size).map(lambda x, y: x)
     # One call over the whole dataset (not model.predict in a loop, which leaks).
     probs = model.predict(ds, verbose=verbose)
     return np.asarray(probs, np.float64)

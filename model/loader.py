@@ -40,6 +40,7 @@ class Classifier:
         self.version = card.model_version
         self.trained = card.trained
         self.input_size = card.input_size
+        self.input_spec = card.input_spec
         self._tf = tf
         # On a GPU, batches are padded to a few fixed sizes so kernels are tuned once per shape;
         # on a CPU padding would only add work, and the single traced graph already fits any size.
@@ -113,6 +114,7 @@ def load_classifier(weights: Path, precision: str = "float32") -> Classifier:
         raise FileNotFoundError(f"model file {weights} does not exist (build the demo model with "
                                 f"`python -m model.demo`, or set DERMATRIAGE_MODEL_PATH)")
     card = ModelCard.load(weights)
+    check_card_fits_backbone(card, weights)
     actual = file_sha256(weights)
     if actual != card.weights_sha256:
         raise ValueError(f"{weights} does not match its card (SHA-256 {actual[:12]} vs "
@@ -126,6 +128,21 @@ def load_classifier(weights: Path, precision: str = "float32") -> Classifier:
     if precision != "float32":
         model = with_precision(model, precision)
     return Classifier(model, card, tf, precision)
+
+
+def check_card_fits_backbone(card: ModelCard, weights: Path) -> None:
+    """A card that names a scaling its backbone was not trained with would feed the network pixels
+    on the wrong scale: every output plausible-looking and wrong. Refused before anything loads."""
+    from .network import BACKBONES
+
+    backbone = BACKBONES.get(card.architecture)
+    if backbone is None:
+        raise ValueError(f"the card of {weights} names the backbone {card.architecture!r}, which this "
+                         f"version does not know (known: {', '.join(BACKBONES)})")
+    if card.preprocessing != backbone.scaling:
+        raise ValueError(f"the card of {weights} says its input is scaled {card.preprocessing!r}, but a "
+                         f"{card.architecture} network takes {backbone.scaling!r}: the card does not fit "
+                         f"the network")
 
 
 def with_precision(model, precision: str):

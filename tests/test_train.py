@@ -18,7 +18,7 @@ from PIL import Image
 
 from model.backbone_weights import IMAGENET_FILE, MissingWeights, WeightsError, resolve_backbone_weights
 from model.card import ModelCard, file_sha256
-from model.preprocess import preprocess_rgb
+from model.preprocess import InputSpec, preprocess_rgb
 from model.splits import read_split_csv
 from model.train import RunMismatch, TrainOptions, balanced_class_weights, train
 from tests.imagegen import encode
@@ -234,7 +234,7 @@ def test_the_input_pipeline_decodes_and_preprocesses_as_the_worker_does(tmp_path
     rotated.write_bytes(buf.getvalue())
     plain = tmp_path / "plain.png"
     plain.write_bytes(encode(rgb, "PNG"))
-    (x, y), = image_dataset([rotated, plain], [3, 1], 32, batch_size=2).as_numpy_iterator()
+    (x, y), = image_dataset([rotated, plain], [3, 1], InputSpec(32), batch_size=2).as_numpy_iterator()
     assert y.tolist() == [3, 1]
     np.testing.assert_allclose(x[0], preprocess_rgb(decode_rgb(rotated.read_bytes()), 32), atol=1e-4)
     np.testing.assert_allclose(x[1], preprocess_rgb(rgb, 32), atol=1e-4)
@@ -249,8 +249,8 @@ def test_augmentation_changes_pixels_but_not_shapes_or_labels(tmp_path):
     for i in range(4):
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(encode(picture(i, (200, 60, 60), 48), "PNG"))
-    (plain, y1), = image_dataset(paths, [0, 1, 2, 3], 48, 4).as_numpy_iterator()
-    (augmented, y2), = image_dataset(paths, [0, 1, 2, 3], 48, 4, augment_seed=1).as_numpy_iterator()
+    (plain, y1), = image_dataset(paths, [0, 1, 2, 3], InputSpec(48), 4).as_numpy_iterator()
+    (augmented, y2), = image_dataset(paths, [0, 1, 2, 3], InputSpec(48), 4, augment_seed=1).as_numpy_iterator()
     assert augmented.shape == plain.shape and np.isfinite(augmented).all()
     assert y1.tolist() == y2.tolist() == [0, 1, 2, 3]
     assert np.abs(augmented - plain).mean() > 1

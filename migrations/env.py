@@ -31,12 +31,23 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Copy-and-move drops the old table, and with foreign keys on SQLite first deletes its rows,
+            # cascading into every table that refers to it (images -> analyses -> cases). So, as SQLite's
+            # own procedure for such changes says: keys off (only possible outside a transaction) while
+            # migrating, and checked before the commit.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         # render_as_batch: SQLite cannot ALTER most things, so changes are made by copy-and-move.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                           compare_type=True)
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: {broken[:10]}")
+    engine.dispose()  # the connection with keys off goes too: none is ever handed out again
 
 
 if context.is_offline_mode():

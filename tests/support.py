@@ -237,10 +237,13 @@ def fake_probabilities(top_class: str, confidence: float = 0.6, labels=None) -> 
 def seed_analysis(db, batch_id: int, *, priority: str = "urgent", top_class: str = "melanoma",
                   received_at=None, trained: bool = False, model_version: str = "demo-tiny-untrained@test",
                   name: str | None = None, image_id: int | None = None, heatmap_key: str | None = None,
-                  store_key: str = "0" * 64, labels=None) -> int:
-    """An image and the worker's analysis of it written straight to SQL (no worker needed); returns
-    the analysis id. With `image_id`, a further analysis of that image (another model version); with
-    `labels`, the analysis of a model of that label set (the demo model's ten by default)."""
+                  store_key: str = "0" * 64, labels=None, audit_share: float | None = 0.0) -> int:
+    """An image and the worker's analysis of it written straight to SQL (no worker needed), with its
+    case opened as the worker opens it (routine ones drawn for audit at `audit_share`; None: no case, as
+    before migration 0003); returns the analysis id. With `image_id`, a further analysis of that image
+    (another model version); with `labels`, the analysis of a model of that label set (the demo model's
+    ten by default)."""
+    from triage.reviews import open_cases
     from triage.schema import Analysis, Image, ImageStatus, utcnow
 
     received_at = received_at or utcnow()
@@ -250,7 +253,7 @@ def seed_analysis(db, batch_id: int, *, priority: str = "urgent", top_class: str
         if image_id is None:
             image = Image(batch_id=batch_id, display_name=name or f"lesion-{uuid.uuid4().hex[:6]}.jpg",
                           sha256=uuid.uuid4().hex * 2, store_key=store_key, size_bytes=1000, width=640,
-                          height=480, format="JPEG", status=ImageStatus.ANALYSED, attempts=1,
+                          height=480, format="JPEG", stored_format="JPEG", status=ImageStatus.ANALYSED, attempts=1,
                           created_at=received_at, updated_at=utcnow())
             s.add(image)
             s.flush()
@@ -269,6 +272,8 @@ def seed_analysis(db, batch_id: int, *, priority: str = "urgent", top_class: str
             timings={}, heatmap_key=heatmap_key)
         s.add(analysis)
         s.flush()
+        if audit_share is not None:
+            open_cases(s, [analysis.id], audit_share)
         return analysis.id
 
 

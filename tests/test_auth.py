@@ -15,7 +15,7 @@ from tests import imagegen
 from tests.support import PASSWORD, ROOT, child_env, csrf_token, free_port
 from triage.schema import ApiToken, AuditEvent, Batch, Role, User
 
-PUBLIC = {"/login", "/health", "/static/<path:filename>"}
+PUBLIC = {"/login", "/health", "/favicon.ico", "/static/<path:filename>"}
 
 
 def anonymous(stack):

@@ -82,6 +82,7 @@ def test_prepared_on_threads_equals_prepared_one_by_one(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from model.quality import QualityThresholds
+    from model.preprocess import InputSpec
     from triage.store import ImageStore
     from worker.claims import Claimed
     from worker.pipeline import prepare_all
@@ -91,9 +92,9 @@ def test_prepared_on_threads_equals_prepared_one_by_one(tmp_path):
     files.insert(2, b"\xff\xd8 not really a jpeg")  # a broken file fails alone, in its place
     files.append(imagegen.encode(imagegen.blurred(imagegen.skin_photo(9))))
     claimed = [Claimed(i + 1, store.put(data)[0], 1) for i, data in enumerate(files)]
-    one_by_one = prepare_all(claimed, store, QualityThresholds(), 224)
+    one_by_one = prepare_all(claimed, store, QualityThresholds(), InputSpec())
     with ThreadPoolExecutor(3) as pool:
-        threaded = prepare_all(claimed, store, QualityThresholds(), 224, pool)
+        threaded = prepare_all(claimed, store, QualityThresholds(), InputSpec(), pool)
     assert [p.outcome.image_id for p in threaded] == [c.id for c in claimed]
     assert [p.outcome.status for p in threaded] == [p.outcome.status for p in one_by_one]
     assert threaded[2].outcome.error and "could not be decoded" in threaded[2].outcome.error
@@ -132,8 +133,8 @@ def test_near_duplicate_flags_match_the_reference_scan(sqlite_url):
         s.add(batch)
         s.flush()
         images = [Image(batch_id=batch.id, display_name=f"{i}.jpg", sha256=f"{i:064x}", store_key=f"{i:064x}",
-                        size_bytes=1, width=300, height=300, format="JPEG", status=ImageStatus.PROCESSING,
-                        phash=None if h is None else f"{h:016x}") for i, h in enumerate(hashes)]
+                        size_bytes=1, width=300, height=300, format="JPEG", stored_format="JPEG",
+                        status=ImageStatus.PROCESSING, phash=None if h is None else f"{h:016x}") for i, h in enumerate(hashes)]
         s.add_all(images)
         s.flush()
         ids = [i.id for i in images]

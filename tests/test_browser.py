@@ -5,12 +5,16 @@ import csv
 import io
 import re
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import select
 
 from tests import imagegen
 from tests.conftest import ARTIFACTS
 from tests.browsing import csp_errors, sign_in
-from tests.support import PASSWORD
+from tests.support import PASSWORD, seed_analysis, seed_batch
+from triage.schema import Analysis, AuditEvent, Review, utcnow
 
 pytestmark = pytest.mark.browser
 
@@ -128,12 +132,95 @@ def test_review_a_folder_with_the_keyboard_and_export_the_decision(browser, make
     page.close()
 
 
+def test_a_referral_names_a_class_only_when_the_clinician_picks_one(browser, sqlite_stack):
+    stack = sqlite_stack
+    batch = seed_batch(stack.db, "Referrals")
+    plain, suspected, confirmed = (seed_analysis(stack.db, batch, top_class="eczema", received_at=utcnow() + timedelta(seconds=i))
+                                   for i in range(3))
+    web = stack.start_web()
+    page = browser.new_page()
+    refused = csp_errors(page)
+    sign_in(page, web.url)
+    page.goto(f"{web.url}/review/{plain}")
+    assert page.input_value("#diagnosis") == ""  # the list starts on no class, not on the model's
+    page.keyboard.press("b")
+    page.wait_for_url(re.compile(rf"/review/{suspected}$"))
+    # The next case opens with word that the decision was kept, numbered as the batch page numbers it.
+    assert page.inner_text(".notice.saved") == f"Saved: #{_image_of(stack, plain)} referred for biopsy."
+    page.select_option("#diagnosis", "melanoma")
+    page.keyboard.press("Escape")
+    page.keyboard.press("s")
+    page.wait_for_url(re.compile(rf"/review/{confirmed}$"))
+    assert page.inner_text(".notice.saved") == (f"Saved: #{_image_of(stack, suspected)} referred to a specialist, "
+                                                "suspected Melanoma.")
+    assert page.inner_text("h1").startswith(f"Case #{_image_of(stack, confirmed)} ")
+    page.select_option("#diagnosis", "psoriasis_lichen_planus")  # then c: confirming another class makes no sense
+    page.keyboard.press("Escape")
+    page.keyboard.press("c")
+    assert page.locator("#confirm-hint").is_visible() and page.url.endswith(f"/review/{confirmed}")
+    page.select_option("#diagnosis", "")
+    page.keyboard.press("Escape")
+    page.keyboard.press("c")
+    page.wait_for_url(re.compile(r"/review\?done=1$"))
+    assert page.inner_text(".notice.saved") == f"Saved: #{_image_of(stack, confirmed)} confirmed as Eczema."
+
+    with stack.db.session() as s:
+        decided = s.execute(select(Review.analysis_id, Review.decision, Review.diagnosis).order_by(Review.id)).all()
+        audited = s.scalars(select(AuditEvent.details).where(AuditEvent.action == "review.decide")
+                            .order_by(AuditEvent.id)).all()
+    assert [tuple(r) for r in decided] == [(plain, "biopsy", None), (suspected, "specialist", "melanoma"),
+                                           (confirmed, "confirm", "eczema")]
+    assert [d["diagnosis"] for d in audited] == [None, "melanoma", "eczema"]
+    rows = {int(r["image_id"]): r for r in csv.DictReader(io.StringIO(
+        stack.client.get(f"/api/batches/{batch}/export.csv").get_data(as_text=True)))}
+    referral = rows[_image_of(stack, plain)]
+    assert (referral["review_decision"], referral["review_diagnosis"], referral["review_diagnosis_name"]) == ("biopsy", "", "")
+    assert refused == []
+    page.close()
+
+
+def test_the_batch_page_and_the_queue_fit_a_tablet(browser, make_stack, sqlite_url):
+    """At 768 px wide (a tablet held upright) nothing scrolls sideways: risk, priority and the decision
+    stay on screen. Long folder paths, a decision with a class, an unanalysed photograph."""
+    stack = make_stack(sqlite_url, review_audit_share=1.0)
+    batch = seed_batch(stack.db, "Clinic A, dermatology outpatients, 24 November")
+    analyses = [seed_analysis(stack.db, batch, top_class=top, priority=priority,
+                              name=f"clinic 24 Nov/room 2/follow-up week 2/lesion-{i:03d}-close-up-left-forearm.jpg")
+                for i, (top, priority) in enumerate((("melanoma", "urgent"), ("seborrheic_keratoses", "review"),
+                                                     ("melanocytic_nevi", "routine")))]
+    assert stack.client.post(f"/api/analyses/{analyses[0]}/reviews",
+                             json={"decision": "specialist", "diagnosis": "bcc"}).status_code == 201
+    stack.upload([(imagegen.jpeg(1), "clinic 24 Nov/room 3/a-photograph-still-waiting-for-the-worker.jpg")],
+                 batch_id=batch)
+    web = stack.start_web()
+    page = browser.new_page(viewport={"width": 768, "height": 1024})
+    sign_in(page, web.url)
+    for path, cells in ((f"/batches/{batch}", "table.images td.risk, table.images td.priority, table.images td.review"),
+                        ("/review?status=pending", "table.queue td"), ("/review?status=decided", "table.queue td")):
+        page.goto(web.url + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 768, path
+        rights = page.eval_on_selector_all(cells, "cells => cells.map(c => c.getBoundingClientRect().right)")
+        assert rights and max(rights) <= 768, (path, max(rights))
+    page.goto(f"{web.url}/batches/{batch}")
+    page.screenshot(path=str(ARTIFACTS / "batch-tablet.png"), full_page=True)
+    page.goto(f"{web.url}/review")
+    page.screenshot(path=str(ARTIFACTS / "queue-tablet.png"), full_page=True)
+    page.close()
+
+
+def _image_of(stack, analysis_id: int) -> int:
+    with stack.db.session() as s:
+        return s.get(Analysis, analysis_id).image_id
+
+
 def test_signed_out_browser_is_sent_to_sign_in_and_admin_pages_render(browser, sqlite_stack):
     stack = sqlite_stack
     stack.upload([(imagegen.jpeg(1), "a.jpg")])
     web = stack.start_web()
     page = browser.new_page()
     refused = csp_errors(page)
+    not_found = []
+    page.on("response", lambda r: not_found.append(r.url) if r.status == 404 else None)
     page.goto(web.url + "/review")
     page.wait_for_url(re.compile(r"/login\?next=/review$"))
     page.fill("input[name=username]", "admin")
@@ -153,5 +240,13 @@ def test_signed_out_browser_is_sent_to_sign_in_and_admin_pages_render(browser, s
     page.wait_for_url(re.compile(r"/login$"))
     page.goto(web.url + "/")
     page.wait_for_url(re.compile(r"/login\?next=/$"))
-    assert refused == []
+    assert refused == [] and not_found == []
+    # Every page names its icon, and it is there for a browser signed in or not (Chromium fetches icons
+    # outside the page's own requests, so they are checked here).
+    icon = page.get_attribute("link[rel=icon]", "href")
+    signed_out = browser.new_page()
+    for url in (web.url + icon, web.url + "/favicon.ico"):
+        answer = signed_out.goto(url)
+        assert answer.ok and answer.headers["content-type"].startswith("image/svg+xml") and "<svg" in answer.text()
+    signed_out.close()
     page.close()

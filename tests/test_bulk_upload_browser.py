@@ -44,6 +44,12 @@ def wait_for_rows(page, count: int) -> None:
                            timeout=30_000, polling=200)
 
 
+def not_taken(page) -> dict[str, str]:
+    """The batch page's list of the files its uploads refused or skipped: name -> why."""
+    return dict(page.eval_on_selector_all(
+        "#rejected-files tbody tr", "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+
+
 def wait_until_done(page) -> None:
     page.wait_for_function("() => document.getElementById('bulk-summary').textContent.startsWith('This upload:')",
                            timeout=60_000, polling=200)
@@ -105,8 +111,9 @@ def test_a_dropped_folder_goes_up_with_progress_and_a_state_per_file(browser, sq
         report = page.inner_text("#upload-report")
         assert report.startswith("This upload: 17 accepted, 1 duplicate, 2 rejected")
         assert "clinic day/aa/b.jpg: duplicate — same file as clinic day/aa/a.jpg" in report
-        assert f"clinic day/room 2/scan.jpg: rejected — {UNREADABLE}" in report
-        assert "clinic day/room 2/notes.txt: skipped" in report and "lesion-000.jpg" not in report
+        assert "lesion-000.jpg" not in report and "scan.jpg" not in report  # the batch lists those itself
+        assert not_taken(page) == {"clinic day/room 2/scan.jpg": f"rejected: {UNREADABLE}",
+                                   "clinic day/room 2/notes.txt": "skipped: Not a JPEG, PNG or WEBP file; not sent."}
         page.screenshot(path=str(ARTIFACTS / "bulk-upload-batch.png"), full_page=True)
         assert refused == []
     finally:
@@ -156,7 +163,8 @@ def test_dropping_the_folder_again_in_a_new_tab_sends_only_what_is_missing(brows
         assert already == arrived
         assert {n for n, state in states.items() if state == "accepted"} == set(names) - arrived
         assert second.inner_text("#bulk-percent") == "100%"
-        assert re.search(rf"25 accepted, 0 duplicate, 0 rejected \({len(arrived)} already in the batch\)",
+        # What was there already is said to be: not counted as accepted again.
+        assert re.search(rf"{25 - len(arrived)} accepted, {len(arrived)} already in the batch, 0 duplicate, 0 rejected",
                          second.inner_text("#bulk-summary"))
         assert batch_image_names(stack.db, batch_id) == names
         assert files_received(stack.db, batch_id) == {"accepted": 25, "duplicate": 0, "rejected": 0}  # none sent twice
@@ -164,3 +172,96 @@ def test_dropping_the_folder_again_in_a_new_tab_sends_only_what_is_missing(brows
     finally:
         context.close()
         proxy.stop()
+
+
+def test_the_bar_counts_files_answered_not_bytes_sent(browser, sqlite_stack, tmp_path):
+    """Every byte is sent and no answer has come: the bar stays at 0%. It moves as the server answers,
+    and reaches 100% with the last answer. Dropped again, a folder already in the batch says so."""
+    stack = sqlite_stack
+    web = stack.start_web()
+    folder = tmp_path / "held"
+    make_folder(folder, 25)  # requests of 10, 10 and 5 files
+    page = browser.new_page()
+    held = []
+
+    def hold(route):  # the request has been sent in full; its answer waits
+        held.append(route)
+
+    uploads = re.compile(r"/api/batches/\d+/images$")
+    page.route(uploads, hold)
+    sign_in(page, web.url)
+    drop_folder(page, folder)
+    wait_for_rows(page, 25)
+    page.click("form.upload button[type=submit]")
+    while len(held) < 3:
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)
+    assert page.inner_text("#bulk-percent") == "0%" and "— 0 of 25 files" in page.inner_text("#bulk-summary")
+
+    first = held.pop(0)
+    sent = first.request.post_data_buffer.count(b'filename="')
+    first.continue_()
+    page.wait_for_function("n => document.getElementById('bulk-summary').textContent.endsWith(n + ' of 25 files')",
+                           arg=sent, timeout=30_000, polling=100)
+    assert page.inner_text("#bulk-percent") == f"{sent * 100 // 25}%"
+    for route in held:
+        route.continue_()
+    wait_until_done(page)
+    assert page.inner_text("#bulk-percent") == "100%"
+    assert page.inner_text("#bulk-summary").startswith("This upload: 25 accepted, 0 duplicate, 0 rejected")
+    assert len(batch_image_names(stack.db, 1)) == 25
+
+    # The same folder again, into the same batch: nothing is sent, and the page says why.
+    page.unroute(uploads, hold)
+    drop_folder(page, folder)
+    page.wait_for_function("() => document.getElementById('bulk-summary').textContent.startsWith('Chosen:')",
+                           timeout=30_000, polling=100)
+    page.click("form.upload button[type=submit]")
+    wait_until_done(page)
+    assert page.inner_text("#bulk-summary").startswith("This upload: 0 accepted, 25 already in the batch, 0 duplicate")
+    assert page.inner_text("#bulk-status").startswith("All 25 photographs were already in the batch; nothing new was added.")
+    page.close()
+
+
+def test_refused_and_skipped_files_stay_with_the_batch_for_everyone(browser, sqlite_stack, tmp_path):
+    """A folder with nothing to analyse: the batch it made is empty, and says why, after a reload and
+    to another user, on its page and in the recent batches."""
+    stack = sqlite_stack
+    stack.add_user("rita", "reviewer")
+    web = stack.start_web()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "scan.jpg").write_text("a text file named like a photograph")
+    (folder / "notes.txt").write_text("not a photograph")
+    expected = {"scans/scan.jpg": f"rejected: {UNREADABLE}", "scans/notes.txt": "skipped: Not a JPEG, PNG or WEBP file; not sent."}
+    first, second = browser.new_context(), browser.new_context()
+    try:
+        page = first.new_page()
+        refused = csp_errors(page)
+        sign_in(page, web.url)
+        page.fill("input[name=name]", "Nothing to analyse")
+        drop_folder(page, folder)
+        wait_for_rows(page, 2)
+        page.click("form.upload button[type=submit]")
+        wait_until_done(page)
+        assert "Nothing new was added." in page.inner_text("#bulk-status")
+        with stack.db.session() as s:
+            batch_id = s.scalar(select(Batch.id))
+        page.click(f"text=Open batch #{batch_id}")
+        page.wait_for_url(re.compile(rf"/batches/{batch_id}$"))
+        page.reload()
+        assert not_taken(page) == expected
+        assert refused == []
+
+        other = second.new_page()
+        sign_in(other, web.url, "rita")
+        row = other.locator(f'tr[data-batch="{batch_id}"]')
+        assert row.locator("td.not-taken").inner_text() == "2 rejected or skipped"
+        row.locator("td.not-taken a").click()
+        other.wait_for_url(re.compile(rf"/batches/{batch_id}#rejected-files$"))
+        assert not_taken(other) == expected
+        assert other.locator("#rejected-files").is_visible()
+        other.screenshot(path=str(ARTIFACTS / "batch-rejected-files.png"), full_page=True)
+    finally:
+        first.close()
+        second.close()

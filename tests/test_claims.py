@@ -28,7 +28,8 @@ def add_images(db, n: int, status=ImageStatus.QUEUED) -> list[int]:
         s.add(batch)
         s.flush()
         images = [Image(batch_id=batch.id, display_name=f"{i}.jpg", sha256=f"{i:064x}", store_key=f"{i:064x}",
-                        size_bytes=1, width=300, height=300, format="JPEG", status=status) for i in range(n)]
+                        size_bytes=1, width=300, height=300, format="JPEG", stored_format="JPEG", status=status)
+                  for i in range(n)]
         s.add_all(images)
         s.flush()
         return [i.id for i in images]

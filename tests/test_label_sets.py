@@ -13,9 +13,11 @@ from sqlalchemy import select
 
 from tests import imagegen
 from tests.browsing import csp_errors, sign_in
+from tests.fhir_check import resources, valid_bundle
 from tests.support import seed_analysis, seed_batch
 from triage.catalogue import CLASSES, REFERENCE_LABEL_ORDER, class_name, classes_of
-from triage.exports import CLASS_SYSTEM, csv_columns
+from triage.exports import csv_columns
+from triage.fhir import CLASS_SYSTEM
 from triage.schema import Analysis, ImageStatus, Review
 
 # PAD-UFES-20's codes in the card's output order (alphabetical by code: ACK, BCC, MEL, NEV, SCC, SEK),
@@ -124,7 +126,7 @@ def test_a_model_of_six_pad_ufes_20_classes_end_to_end(make_stack, database_url,
     exported = stack.client.get(f"/api/batches/{batch_id}/export.json").get_json()
     assert [c["slug"] for c in exported["classes"]] == PAD_IN_CATALOGUE_ORDER
     assert [c["name"] for c in exported["classes"]] == [class_name(s) for s in PAD_IN_CATALOGUE_ORDER]
-    assert all({c["slug"] for c in i["model"]["classes"]} == set(PAD_LABELS) for i in exported["images"])
+    assert all({c["slug"] for c in i["analysis"]["classes"]} == set(PAD_LABELS) for i in exported["images"])
     csv_text = stack.client.get(f"/api/batches/{batch_id}/export.csv").get_data(as_text=True)
     for text, where in ((csv_text, "the CSV export"), (json.dumps(exported), "the JSON export")):
         assert_no_kaggle_only_class(text, where)
@@ -132,20 +134,17 @@ def test_a_model_of_six_pad_ufes_20_classes_end_to_end(make_stack, database_url,
 
 
 def _check_fhir(stack, batch_id: int, changes: dict[int, str]) -> None:
-    from fhir.resources.R4B.bundle import Bundle
-
     text = stack.client.get(f"/api/batches/{batch_id}/export.fhir").get_data(as_text=True)
-    bundle = json.loads(text)
-    Bundle.model_validate(bundle)
-    observations = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
-    assert len(observations) == 3
-    for observation in observations:
+    bundle = valid_bundle(text)
+    observations = resources(bundle, "Observation")
+    model = [o for o in observations if o.get("device")]
+    assert len(model) == 3 and len(observations) == 3 + len(changes)
+    for observation in model:
         codings = [c["code"]["coding"][0] for c in observation["component"]
                    if c["code"]["coding"][0]["system"] == CLASS_SYSTEM]
         assert sorted(c["code"] for c in codings) == sorted(PAD_LABELS)
         assert all(c["display"] == class_name(c["code"]) for c in codings)
-    diagnoses = [c["valueCodeableConcept"]["coding"][0] for o in observations for c in o["component"]
-                 if c["code"]["coding"][0]["code"] == "review-diagnosis"]
+    diagnoses = [o["valueCodeableConcept"]["coding"][0] for o in observations if o.get("performer")]
     assert sorted((d["code"], d["display"]) for d in diagnoses) == sorted(
         (s, class_name(s)) for s in changes.values())
     assert_no_kaggle_only_class(text, "the FHIR export")

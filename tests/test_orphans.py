@@ -24,7 +24,7 @@ def test_sweep_removes_old_unreferenced_files_and_unfinished_writes(tmp_path, sq
         s.add(batch)
         s.flush()
         s.add(Image(batch_id=batch.id, display_name="x.jpg", sha256="0" * 64, store_key=kept, size_bytes=1,
-                    width=1, height=1, format="JPEG"))
+                    width=1, height=1, format="JPEG", stored_format="JPEG"))
     old = time.time() - 7200
     for path in (store.path(kept), store.path(orphan), unfinished):
         os.utime(path, (old, old))

@@ -10,7 +10,7 @@ from tests import imagegen
 from tests.support import wait_until
 from triage.catalogue import REFERENCE_LABEL_ORDER, UNTRAINED_WARNING
 from triage.jobs import enqueue_analysis
-from triage.schema import Analysis, Image, ImageStatus
+from triage.schema import Analysis, Image, ImageStatus, ReviewCase
 
 
 def three_photos_and_a_text_file():
@@ -49,6 +49,9 @@ def test_upload_analyse_and_read_back(stack):
             assert {"decode_ms", "quality_ms", "forward_ms", "batch_size"} <= set(a.timings)
             assert a.model_trained is False and a.model_version.startswith("demo-tiny-untrained@")
             assert a.heatmap_key and stack.app.extensions["dermatriage"].store.exists(a.heatmap_key)
+        # The worker opened each case with its analysis: no page has been viewed.
+        cases = dict(s.execute(select(ReviewCase.analysis_id, ReviewCase.priority)).all())
+        assert cases == {a.id: a.priority for a in rows}
 
     api = stack.client.get(f"/api/batches/{body['batch_id']}").get_json()
     assert api["counts"][ImageStatus.ANALYSED] == 3 and api["finished"] is True

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from tests import imagegen
 from tests.support import csrf_token, seed_analysis, seed_batch
 from triage.catalogue import BY_SLUG, DISCLAIMER, REFERENCE_LABEL_ORDER, UNTRAINED_WARNING
-from triage.reviews import Cursor, QueueFilter, queue_page, sync_cases
+from triage.reviews import Cursor, QueueFilter, open_cases, queue_page
 from triage.schema import Analysis, AuditEvent, CaseState, Review, ReviewCase, Role, utcnow
 
 
@@ -22,7 +22,8 @@ def seed_mix(stack, batch_id=None, start=None):
     start = start or utcnow() - timedelta(hours=1)
     plan = [("routine", 0), ("urgent", 1), ("review", 2), ("urgent", 3), ("routine", 4), ("review", 5)]
     return {(priority, minute): seed_analysis(stack.db, batch_id, priority=priority,
-                                              received_at=start + timedelta(minutes=minute))
+                                              received_at=start + timedelta(minutes=minute),
+                                              audit_share=stack.settings.review_audit_share)
             for priority, minute in plan}
 
 
@@ -52,10 +53,11 @@ def test_routine_cases_drawn_for_audit_come_last(make_stack, sqlite_url):
 def test_routine_cases_are_drawn_for_audit_at_the_configured_share(make_stack, sqlite_url):
     stack = make_stack(sqlite_url, review_audit_share=0.25)
     batch = seed_batch(stack.db)
-    for _ in range(400):
-        seed_analysis(stack.db, batch, priority="routine", top_class="melanocytic_nevi")
+    ids = [seed_analysis(stack.db, batch, priority="routine", top_class="melanocytic_nevi", audit_share=None)
+           for _ in range(400)]
     with stack.db.session() as s:
-        assert sync_cases(s, stack.settings, draw=random.Random(7).random) == 400
+        draw = random.Random(7).random
+        assert len(open_cases(s, ids, stack.settings.review_audit_share, draw=draw)) == 400
         states = s.execute(select(ReviewCase.state, ReviewCase.audit_sample)).all()
     drawn = [state for state, sampled in states if sampled]
     assert all(state == CaseState.PENDING for state in drawn)
@@ -95,7 +97,6 @@ def test_keyset_pages_walk_the_queue_forwards_and_back(database_url, make_stack)
     for i in range(130):
         seed_analysis(stack.db, batch, priority=("urgent", "review")[i % 2], received_at=start + timedelta(seconds=i))
     with stack.db.session() as s:
-        sync_cases(s, stack.settings)
         everything = [r["analysis_id"] for r in queue_page(s, QueueFilter(), size=500).rows]
         pages, page = [], queue_page(s, QueueFilter())
         while True:
@@ -206,6 +207,7 @@ def test_decisions_that_make_no_sense_are_refused(sqlite_stack):
     reviewer = stack.login()
     assert decide(reviewer, analysis, "change", diagnosis="melanoma").status_code == 400  # that is confirming
     assert decide(reviewer, analysis, "change").status_code == 400
+    assert decide(reviewer, analysis, "confirm", diagnosis="bcc").status_code == 400  # confirm adopts the model's
     assert decide(reviewer, analysis, "delete").status_code == 400
     assert decide(reviewer, analysis, "biopsy", diagnosis="not-a-class").status_code == 400
     assert decide(reviewer, analysis, "confirm", note="x" * 4001).status_code == 400
@@ -246,32 +248,34 @@ def test_the_json_api_takes_decisions_with_a_token(sqlite_stack):
     assert refused.status_code == 400
 
 
-def test_cases_appear_for_analyses_committed_out_of_order_and_reanalysis_supersedes(sqlite_stack):
+def test_reanalysis_supersedes_the_older_case_in_whichever_order_they_open(sqlite_stack):
     stack = sqlite_stack
     batch = seed_batch(stack.db)
     first = seed_analysis(stack.db, batch, priority="urgent")
-    late = seed_analysis(stack.db, batch, priority="urgent")
-    newest = seed_analysis(stack.db, batch, priority="review")
-    with stack.db.session() as s:
-        # As if `late` had been committed after a sync that already saw `newest`.
-        s.execute(text("DELETE FROM analyses WHERE id = :id"), {"id": late})
-        assert sync_cases(s, stack.settings) == 2
-    with stack.db.session() as s:
-        s.execute(text("INSERT INTO analyses (id, image_id, model_version, model_trained, outcome, probabilities, "
-                       "top_class, confidence, top3, risk_level, priority, reasons, recommendations, quality, "
-                       "thresholds, timings, created_at) SELECT :id, image_id + 1, model_version, model_trained, "
-                       "outcome, probabilities, top_class, confidence, top3, risk_level, priority, reasons, "
-                       "recommendations, quality, thresholds, timings, created_at FROM analyses WHERE id = :first"),
-                  {"id": late, "first": first})
-        assert sync_cases(s, stack.settings) == 1
-        assert s.scalar(select(ReviewCase.state).where(ReviewCase.analysis_id == late)) == CaseState.PENDING
     image = _image_of(stack, first)
     again = seed_analysis(stack.db, batch, priority="review", image_id=image, model_version="v2")
+    # An older analysis whose case opens after a newer one's (its transaction committed later).
+    other = seed_analysis(stack.db, batch, priority="urgent", audit_share=None)
+    newer = seed_analysis(stack.db, batch, priority="urgent", image_id=_image_of(stack, other), model_version="v2")
     with stack.db.session() as s:
-        sync_cases(s, stack.settings)
+        assert [c["analysis_id"] for c in open_cases(s, [other, newer], 0.0)] == [other]  # newer has one
+        assert open_cases(s, [other], 0.0) == []  # opening twice opens nothing
         states = dict(s.execute(select(ReviewCase.analysis_id, ReviewCase.state)).all())
-    assert states[first] == CaseState.SUPERSEDED and states[again] == CaseState.PENDING
-    assert states[newest] == CaseState.PENDING
+    assert states == {first: CaseState.SUPERSEDED, again: CaseState.PENDING,
+                      other: CaseState.SUPERSEDED, newer: CaseState.PENDING}
+
+
+def test_reading_the_queue_opens_no_case(sqlite_stack):
+    """Cases are opened by the worker with the analysis, never by a page view: an analysis without one
+    (which the worker and migration 0003 never leave) is not in the queue, and cannot be decided."""
+    stack = sqlite_stack
+    orphan = seed_analysis(stack.db, seed_batch(stack.db), priority="urgent", audit_share=None)
+    reviewer = stack.login()
+    assert queue_ids(reviewer) == [] and stack.client.get("/api/queue").get_json()["cases"] == []
+    assert reviewer.get(f"/review/{orphan}").status_code == 404
+    assert stack.client.post(f"/api/analyses/{orphan}/reviews", json={"decision": "confirm"}).status_code == 400
+    with stack.db.session() as s:
+        assert s.scalar(select(ReviewCase.id)) is None and s.scalar(select(Review.id)) is None
 
 
 def test_batch_progress_counts_reviews(sqlite_stack):
@@ -297,6 +301,10 @@ def test_the_audit_log_is_for_admins_and_cannot_be_changed(database_url, make_st
     for action in ("settings.changed", "auth.login", "batch.upload"):
         assert f'data-action="{action}"' in html
     assert admin.get("/admin/audit?action=batch.upload").get_data(as_text=True).count("data-action=") == 1
+    # The action filter matches a prefix (literally: `%` and `_` are not wildcards).
+    by_prefix = admin.get("/admin/audit?action=batch").get_data(as_text=True)
+    assert sorted(re.findall(r'data-action="([^"]+)"', by_prefix)) == ["batch.create", "batch.upload"]
+    assert admin.get("/admin/audit?action=%25").get_data(as_text=True).count("data-action=") == 0
     token = csrf_token(admin, "/admin/audit")
     for method in ("post", "put", "delete", "patch"):  # no way to write, even with a valid CSRF token
         assert getattr(admin, method)("/admin/audit", data={"csrf_token": token}).status_code == 405
@@ -355,7 +363,7 @@ def test_the_queue_stays_fast_with_100000_analyses(make_stack, sqlite_url, n):
     started = time.perf_counter()
     assert reviewer.get(later).status_code == 200
     timings["a later page"] = time.perf_counter() - started
-    assert max(timings.values()) < 0.5, timings  # a page view, sync included, under half a second
+    assert max(timings.values()) < 0.5, timings  # a page view under half a second
 
 
 def _bulk_cases(stack, n: int) -> None:
@@ -369,8 +377,8 @@ def _bulk_cases(stack, n: int) -> None:
         s.execute(text(series + "INSERT INTO batches (id, name, created_at) SELECT i, 'b' || i, '2026-01-01' "
                        "FROM n WHERE i <= 100"))
         s.execute(text(series + "INSERT INTO images (id, batch_id, display_name, sha256, store_key, size_bytes, "
-                       "width, height, format, status, attempts, created_at, updated_at) SELECT i, i % 100 + 1, "
-                       f"i || '.jpg', printf('%064d', i), printf('%064d', 0), 1, 1, 1, 'JPEG', 'analysed', 1, {at}, "
+                       "width, height, format, stored_format, status, attempts, created_at, updated_at) SELECT i, i % 100 + 1, "
+                       f"i || '.jpg', printf('%064d', i), printf('%064d', 0), 1, 1, 1, 'JPEG', 'JPEG', 'analysed', 1, {at}, "
                        f"{at} FROM n"))
         s.execute(text(series + "INSERT INTO analyses (id, image_id, model_version, model_trained, outcome, "
                        "probabilities, top_class, confidence, top3, risk_level, priority, reasons, recommendations, "

@@ -316,3 +316,21 @@ def test_a_file_another_request_added_meanwhile_becomes_a_duplicate(stack, monke
     assert [f["status"] for f in again["files"]] == ["duplicate", "accepted"]
     assert again["files"][0]["image_id"] == first["files"][0]["image_id"]
     assert len(stack.statuses()) == 2 and len(stored_files(stack)) == 2
+
+
+def test_a_multi_picture_jpeg_is_stored_and_served_as_the_jpeg_it_is(sqlite_stack):
+    """Many phones save portrait photographs as MPO: a JPEG with further pictures after it. Its first
+    picture is stored, as JPEG, and served as JPEG; the format sent is kept beside the one stored."""
+    stack = sqlite_stack
+    first, second = imagegen.skin_photo(1, 320, 240), imagegen.skin_photo(2, 320, 240)
+    mpo = imagegen.encode(first, "MPO", save_all=True, append_images=[PILImage.fromarray(second)])
+    assert PILImage.open(io.BytesIO(mpo)).format == "MPO"
+    png = imagegen.encode(second, "PNG")
+    body = stack.upload([(mpo, "portrait.jpg"), (png, "plain.png")]).get_json()
+    images = {i["name"]: i for i in stack.client.get(f"/api/batches/{body['batch_id']}").get_json()["images"]}
+    assert (images["portrait.jpg"]["format"], images["portrait.jpg"]["stored_format"]) == ("MPO", "JPEG")
+    assert (images["plain.png"]["format"], images["plain.png"]["stored_format"]) == ("PNG", "PNG")
+    served = stack.client.get(images["portrait.jpg"]["file_url"])
+    assert served.status_code == 200 and served.mimetype == "image/jpeg"
+    assert served.data[:2] == b"\xff\xd8" and PILImage.open(io.BytesIO(served.data)).format == "JPEG"
+    assert stack.client.get(images["plain.png"]["file_url"]).mimetype == "image/png"

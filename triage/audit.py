@@ -15,7 +15,8 @@ from .schema import AuditEvent
 log = logging.getLogger(__name__)
 
 # Settings whose values never go into the log, by name, so that a secret added later is left out too.
-SECRET_WORDS = ("secret", "password", "token", "credential", "access_key")
+# A webhook's URL is often its credential (Slack's and Teams' are), so it stays out as a whole.
+SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "webhook_url")
 SETTINGS_CHANGED = "settings.changed"
 
 

@@ -13,6 +13,7 @@ from .settings import Settings
 
 ANALYSE_TASK = "worker.tasks.analyse_image"
 RECONCILE_TASK = "worker.tasks.reconcile"
+NOTIFY_TASK = "worker.notify.deliver"
 log = logging.getLogger(__name__)
 
 
@@ -39,12 +40,20 @@ def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
                                    "interval_max": 1},
         task_serializer="json",
         accept_content=["json"],
+        # Notifications travel on a queue of their own, which every worker also consumes (worker/app.py):
+        # the worker takes from its queues in turn, so an urgent notification is not sent only after a
+        # backlog of thousands of analysis jobs has drained.
+        task_routes={NOTIFY_TASK: {"queue": notification_queue(settings)}},
     )
     if settings.visibility_timeout_s <= settings.task_time_limit_s * 2:
         raise ValueError("The Redis visibility timeout must be well above the task time limit "
                          f"({settings.visibility_timeout_s}s vs {settings.task_time_limit_s}s), or running "
                          "jobs are delivered twice.")
     return app
+
+
+def notification_queue(settings: Settings) -> str:
+    return f"{settings.queue_name}-notifications"
 
 
 def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:
@@ -55,3 +64,13 @@ def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:
     with app.producer_or_acquire() as producer:
         for image_id in ids:
             app.send_task(ANALYSE_TASK, args=[image_id], producer=producer)
+
+
+def enqueue_notifications(app: Celery, notification_ids: Iterable[int]) -> None:
+    """Send one delivery job per notification. Call only after the rows are committed."""
+    ids = list(notification_ids)
+    if not ids:
+        return
+    with app.producer_or_acquire() as producer:
+        for notification_id in ids:
+            app.send_task(NOTIFY_TASK, args=[notification_id], producer=producer)

@@ -2,17 +2,18 @@
 
 Analyses are written by the worker; the queue is a table of its own (review_cases) so that each page
 is one range scan of an index ordered like the queue: priority (urgent, review, routine), then the
-image's upload time, then id. `sync_cases` adds a case for every analysed image that has none yet;
-routine cases are drawn into the queue at random (the audit share), the rest are marked skipped.
+image's upload time, then id. `open_cases` adds an analysis's case in the worker's transaction that
+writes the analysis; routine cases are drawn into the queue at random (the audit share), the rest are
+marked skipped. Reading the queue never writes.
 Pages are found by seeking past the last key seen (keyset pagination), never by OFFSET or a count.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, tuple_, update
+from sqlalchemy import and_, func, select, tuple_, update
 
 from .catalogue import BY_SLUG, class_name
 from .db import insert_ignoring_conflicts
@@ -23,46 +24,37 @@ from .schema import (Analysis, Batch, CaseState, Decision, Image, ImageStatus, R
 PRIORITY_RANK = {URGENT: 0, REVIEW: 1, ROUTINE: 2}
 PAGE_SIZE = 50
 MAX_NOTE = 4000
-CHUNK = 500  # ids per IN (...): well under SQLite's limit on bound parameters
 
 
 class DecisionError(ValueError):
     """A decision that cannot be recorded as sent; the message says why."""
 
 
-# --- keeping the queue in step with the analyses ---------------------------------------------------
+# --- opening cases -------------------------------------------------------------------------------
 
-def sync_cases(session, settings, draw=random.random) -> int:
-    """Give every analysed image's analysis a case; returns how many new analyses it found.
+def open_cases(session, analysis_ids: list[int], audit_share: float, draw=random.random) -> list[dict]:
+    """Give each of these analyses its case in the review queue; returns the cases opened.
 
-    Cheap enough for every queue page: it looks only at analyses above the newest one with a case,
-    plus images whose status changed since the last cases were added (minus the longest a worker's
-    transaction can stay open: the task time limit), which catches analyses committed out of id order.
-    Two web processes syncing at once both insert; the unique analysis_id keeps one.
+    The worker calls this in the transaction that writes the analyses, so an analysis never exists
+    without its case and the queue needs no page view to fill. Routine cases are drawn into the queue
+    at random (the audit share), the rest are marked skipped; an image analysed again has its older
+    pending case superseded. An analysis that already has a case is left alone (unique analysis_id).
     """
-    newest = session.scalar(select(func.max(ReviewCase.analysis_id)))  # the unique index's last entry
-    # The newest case row, by primary key: its time is when cases were last added (no index needed).
-    last_added = session.scalar(select(ReviewCase.created_at).order_by(ReviewCase.id.desc()).limit(1))
-    no_case = ~exists().where(ReviewCase.analysis_id == Analysis.id)
-    base = (select(Analysis.id, Analysis.image_id, Analysis.priority, Analysis.top_class,
-                   Image.batch_id, Image.created_at)
-            .join(Image, Image.id == Analysis.image_id)
-            .where(Analysis.outcome == ImageStatus.ANALYSED, no_case))
-    rows = session.execute(base.where(Analysis.id > (newest or 0))).all()
-    if last_added is not None:
-        since = last_added - timedelta(seconds=settings.task_time_limit_s + 60)
-        rows += session.execute(base.where(Analysis.id <= newest, Image.status == ImageStatus.ANALYSED,
-                                           Image.updated_at >= since)).all()
+    if not analysis_ids:
+        return []
+    rows = session.execute(
+        select(Analysis.id, Analysis.image_id, Analysis.priority, Analysis.top_class, Image.batch_id, Image.created_at)
+        .join(Image, Image.id == Analysis.image_id)
+        .where(Analysis.id.in_(analysis_ids), Analysis.outcome == ImageStatus.ANALYSED)).all()
     if not rows:
-        return 0
+        return []
     now = utcnow()
-    values = [_case_values(row, settings.review_audit_share, draw, now) for row in rows]
+    values = [_case_values(row, audit_share, draw, now) for row in rows]
     insert = insert_ignoring_conflicts(session.get_bind(), ReviewCase.__table__, "analysis_id")
-    session.connection().execute(insert, values)  # executemany: batched by the driver, any number of rows
-    image_ids = sorted({row[1] for row in rows})
-    for start in range(0, len(image_ids), CHUNK):
-        _supersede_older(session, image_ids[start:start + CHUNK])
-    return len(values)
+    opened = session.execute(insert.returning(ReviewCase.id, ReviewCase.analysis_id), values).all()
+    _supersede_older(session, sorted({row[1] for row in rows}))
+    by_analysis = {v["analysis_id"]: v for v in values}
+    return [{**by_analysis[analysis_id], "id": case_id} for case_id, analysis_id in opened]
 
 
 def _case_values(row, audit_share: float, draw, now: datetime) -> dict:
@@ -84,12 +76,8 @@ def _supersede_older(session, image_ids: list[int]) -> None:
                     .values(state=CaseState.SUPERSEDED))
 
 
-def case_for(session, settings, analysis_id: int) -> ReviewCase | None:
-    case = session.scalar(select(ReviewCase).where(ReviewCase.analysis_id == analysis_id))
-    if case is None:
-        sync_cases(session, settings)
-        case = session.scalar(select(ReviewCase).where(ReviewCase.analysis_id == analysis_id))
-    return case
+def case_for(session, analysis_id: int) -> ReviewCase | None:
+    return session.scalar(select(ReviewCase).where(ReviewCase.analysis_id == analysis_id))
 
 
 # --- reading the queue ---------------------------------------------------------------------------
@@ -266,7 +254,9 @@ def decide(session, settings, analysis_id: int, reviewer_id: int, decision: str,
     note = (note or "").strip()
     if len(note) > MAX_NOTE:
         raise DecisionError(f"The note is longer than {MAX_NOTE} characters.")
-    case = case_for(session, settings, analysis_id)
+    case = case_for(session, analysis_id)
+    if case is None:  # every analysis gets its case with it (worker, migration 0003): a gap is a fault
+        raise DecisionError("This analysis has no case in the review queue.")
     review = Review(analysis_id=analysis_id, reviewer_id=reviewer_id, decision=decision,
                     diagnosis=diagnosis, note=note or None)
     session.add(review)
@@ -282,6 +272,10 @@ def _diagnosis_for(decision: str, diagnosis: str | None, model_class: str | None
     if diagnosis is not None and diagnosis not in BY_SLUG:
         raise DecisionError(f"Unknown class {diagnosis!r}.")
     if decision == Decision.CONFIRM:
+        # Confirming is the one decision that adopts the model's class; a different class sent with it
+        # is a contradiction, not something to drop silently.
+        if diagnosis is not None and diagnosis != model_class:
+            raise DecisionError("Confirming adopts the model's class; to record another class, change the diagnosis.")
         return model_class
     if decision == Decision.CHANGE:
         if diagnosis is None or diagnosis == model_class:
@@ -289,7 +283,7 @@ def _diagnosis_for(decision: str, diagnosis: str | None, model_class: str | None
         return diagnosis
     if decision == Decision.RESHOOT:
         return None
-    return diagnosis  # a referral may name the suspected class, or not
+    return diagnosis  # a referral names a suspected class only when the clinician chose one
 
 
 def decisions_on(session, analysis_ids: list[int]) -> list[tuple[Review, str]]:
@@ -298,17 +292,3 @@ def decisions_on(session, analysis_ids: list[int]) -> list[tuple[Review, str]]:
         return []
     return session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
                            .where(Review.analysis_id.in_(analysis_ids)).order_by(Review.id)).all()
-
-
-def reviews_of(session, analysis_ids: list[int]) -> dict[int, list[dict]]:
-    """Every decision on these analyses, oldest first, with the reviewer's name."""
-    found: dict[int, list[dict]] = {}
-    for review, username in decisions_on(session, analysis_ids):
-        found.setdefault(review.analysis_id, []).append(review_dict(review, username))
-    return found
-
-
-def review_dict(review: Review, username: str) -> dict:
-    return {"id": review.id, "decision": review.decision, "diagnosis": review.diagnosis,
-            "diagnosis_name": class_name(review.diagnosis),
-            "note": review.note, "reviewer": username, "created_at": review.created_at.isoformat() + "Z"}

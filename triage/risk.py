@@ -29,12 +29,23 @@ _ROUNDING = 1e-9
 
 PRIORITY_ADVICE = {
     URGENT: "Review today: a possible skin cancer must be seen by a clinician first.",
-    REVIEW: "The model is not confident: a clinician must make the call.",
     ROUTINE: "Routine review.",
     RESHOOT: "Retake the photograph; the image was not analysed.",
 }
-# What a review for a possible pre-malignant lesion asks for: a clinician's look within weeks.
-PRE_MALIGNANT_ADVICE = "Not routine: a possible pre-malignant lesion must be assessed by a clinician within weeks."
+# Why an image goes to review, each with its own advice: a 99.9% sure result sent to review because
+# its photograph is marginal must not be told that the model is unsure. A review always has at least
+# one of these; an urgent image lists those that also hold for it after the urgent advice.
+PRE_MALIGNANT_LESION, LOW_CONFIDENCE, HIGH_ENTROPY, MARGINAL_QUALITY = (
+    "pre_malignant", "low_confidence", "high_entropy", "marginal_quality")
+REVIEW_ADVICE = {
+    PRE_MALIGNANT_LESION: "Not routine: a possible pre-malignant lesion must be assessed by a clinician within weeks.",
+    LOW_CONFIDENCE: "The model is not confident: a clinician must make the call.",
+    HIGH_ENTROPY: "The model spreads its probability over several classes: a clinician must weigh the "
+                  "alternatives it lists.",
+    MARGINAL_QUALITY: "The photograph only just passed the quality checks: a clinician must judge whether it "
+                      "shows the lesion well enough, and ask for a retake if not.",
+}
+PRE_MALIGNANT_ADVICE = REVIEW_ADVICE[PRE_MALIGNANT_LESION]
 
 
 @dataclass(frozen=True)
@@ -113,27 +124,27 @@ def assess(probabilities: dict[str, float], thresholds: RiskThresholds,
                        f"{'a condition needing treatment' if risk == MEDIUM else 'benign'}; "
                        f"malignant classes together {malignant_p:.0%}{with_pre_malignant}.")
 
-    abstain: list[str] = []
+    review_for = [PRE_MALIGNANT_LESION] if pre_malignant else []  # REVIEW_ADVICE keys, in that order
     if confidence < thresholds.min_confidence:
-        abstain.append(f"Top probability {confidence:.0%} is below {thresholds.min_confidence:.0%}.")
+        review_for.append(LOW_CONFIDENCE)
+        reasons.append(f"Top probability {confidence:.0%} is below {thresholds.min_confidence:.0%}.")
     if entropy > thresholds.max_entropy:
-        abstain.append(f"Prediction entropy {entropy:.2f} is above {thresholds.max_entropy:.2f}.")
-    for check in quality_marginal:
-        abstain.append(f"Image quality is marginal: {check}.")
+        review_for.append(HIGH_ENTROPY)
+        reasons.append(f"Prediction entropy {entropy:.2f} is above {thresholds.max_entropy:.2f}.")
+    if quality_marginal:
+        review_for.append(MARGINAL_QUALITY)
+        reasons.extend(f"Image quality is marginal: {check}." for check in quality_marginal)
 
     # A possible cancer is always seen first, even when the model is unsure: urgent outranks review.
     if risk == HIGH:
         priority = URGENT
-    elif abstain or pre_malignant:
+    elif review_for:
         priority = REVIEW
     else:
         priority = ROUTINE
-    reasons.extend(abstain)
 
-    if pre_malignant:  # never urgent on that alone, so always review here
-        recommendations = [PRE_MALIGNANT_ADVICE] + ([PRIORITY_ADVICE[REVIEW]] if abstain else [])
-    else:
-        recommendations = [PRIORITY_ADVICE[priority]]
+    advice = [REVIEW_ADVICE[why] for why in review_for]
+    recommendations = advice if priority == REVIEW else [PRIORITY_ADVICE[priority]] + advice
     plausible = [s for s, p in ranked[:3] if p >= 0.10 or s == top_class]
     for slug in sorted(plausible, key=lambda s: -SEVERITY_RANK[BY_SLUG[s].severity]):
         recommendations.append(f"{BY_SLUG[slug].display_name}: {BY_SLUG[slug].recommendation}")

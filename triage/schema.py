@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer,
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer,
                         MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -126,7 +126,8 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    format: Mapped[str] = mapped_column(String(10))
+    format: Mapped[str] = mapped_column(String(10))  # as sent: JPEG, MPO (a phone's multi-picture JPEG), PNG, WEBP
+    stored_format: Mapped[str] = mapped_column(String(10))  # what the store holds and serves: JPEG or PNG
     phash: Mapped[str | None] = mapped_column(String(16), index=True)
     near_duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(20), default=ImageStatus.RECEIVED)
@@ -139,6 +140,27 @@ class Image(Base):
 
     batch: Mapped[Batch] = relationship(back_populates="images")
     analyses: Mapped[list["Analysis"]] = relationship(back_populates="image", order_by="Analysis.id")
+
+
+class RejectedFile(Base):
+    """A file an upload did not take into its batch, and why: metadata only, never its bytes.
+
+    `rejected`: the server refused it (not an image we accept, too large); `skipped`: the uploader did
+    not send it (not a JPEG, PNG or WEBP file by its name) and said so. Written in the transaction that
+    adds the upload's images and its audit event; the same file refused again is recorded once.
+    """
+    __tablename__ = "rejected_files"
+    __table_args__ = (CheckConstraint("kind IN ('rejected', 'skipped')", name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))  # the display name, as for an image
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # a skipped file is never read, so it may be any size
+    sha256: Mapped[str | None] = mapped_column(String(64))  # None for a file the uploader did not send
+    kind: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str] = mapped_column(Text)
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Analysis(Base):
@@ -203,6 +225,27 @@ class ReviewCase(Base):
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # of the latest decision
     decision: Mapped[str | None] = mapped_column(String(20))  # the latest decision
     decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Notification(Base):
+    """A case that opened urgent, to be announced to the deployment's webhook: an outbox row.
+
+    Written in the worker's transaction that opens the case, so no urgent case goes unannounced, and
+    delivered after the commit, again and again with backoff until the receiver acknowledges it.
+    `due_at` is when the next attempt may start (None once delivered); an attempt under way holds it
+    a little past its timeout, so two deliveries of one notification never overlap.
+    """
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("review_cases.id", ondelete="CASCADE"), unique=True)
+    payload: Mapped[dict] = mapped_column(JSON)  # what is sent, fixed when the case opens: no image, no names
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     near_duplicate_distance: int = Field(8, validation_alias=_env("DERMATRIAGE_NEAR_DUPLICATE_DISTANCE"),
                                          description="Perceptual-hash bits (of 64) within which two images are "
                                                      "flagged as near-duplicates.")
+    # --- notifications of urgent cases -------------------------------------------------------
+    public_url: str = Field("", validation_alias=_env("DERMATRIAGE_PUBLIC_URL"),
+                            description="Address of the portal as clinicians' browsers reach it, for links sent "
+                                        "out (e.g. `https://triage.example.org`); empty means "
+                                        "`http://<web host>:<web port>`.")
+    webhook_url: str = Field("", validation_alias=_env("DERMATRIAGE_WEBHOOK_URL"),
+                             description="Where each case that opens urgent is announced: a POST of JSON (case link, "
+                                         "priority, reasons; never the image or names), signed and retried until "
+                                         "answered with 2xx; empty = no notifications.")
+    webhook_secret: str = Field("", validation_alias=_env("DERMATRIAGE_WEBHOOK_SECRET"),
+                                description="Key of the HMAC-SHA256 signature every notification carries; "
+                                            "required with the webhook URL.")
+    webhook_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("DERMATRIAGE_WEBHOOK_TIMEOUT_S"),
+                                     description="Longest wait for the webhook to answer one attempt; an attempt "
+                                                 "that times out is retried like a refusal.")
     # --- flower ------------------------------------------------------------------------------
     flower_port: int = Field(5555, validation_alias=_env("DERMATRIAGE_FLOWER_PORT"), description="Port of Flower.")
     flower_url: str = Field("http://127.0.0.1:5555/", validation_alias=_env("DERMATRIAGE_FLOWER_URL"),
@@ -164,6 +179,12 @@ class Settings(BaseSettings):
         object.__setattr__(self, "model_path", self.model_path or data_dir / "models" / "demo_resnet152.keras")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'dermatriage.db'}")
+        public_url = self.public_url or f"http://{self.web_host}:{self.web_port}"
+        object.__setattr__(self, "public_url", public_url.rstrip("/"))
+        if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
+            raise ValueError("DERMATRIAGE_WEBHOOK_URL must be an http(s) URL.")
+        if self.webhook_url and not self.webhook_secret:  # an unsigned notification cannot be trusted
+            raise ValueError("DERMATRIAGE_WEBHOOK_URL is set but DERMATRIAGE_WEBHOOK_SECRET is empty.")
         return self
 
     def check_production(self) -> None:

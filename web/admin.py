@@ -1,4 +1,5 @@
-"""Administration: users and the audit log. Admins only, and only from a signed-in browser session."""
+"""Administration: users, the audit log and undelivered notifications. Admins only, and only from a
+signed-in browser session."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
@@ -6,6 +7,7 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from triage.auth import AuthError, active_admins, create_user, hash_password
+from triage.notifications import undelivered
 from triage.schema import AuditEvent, Role, User
 
 from .auth import audit, requires, requires_session
@@ -13,6 +15,7 @@ from .services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 AUDIT_PAGE = 100
+NOTIFICATIONS_PAGE = 200  # the oldest; more than that undelivered means the receiver is down, which one page shows
 
 
 @bp.before_request
@@ -91,8 +94,8 @@ def audit_log():
     actor = request.args.get("actor", "")
     before = request.args.get("before", "")
     query = select(AuditEvent, User.username).outerjoin(User, User.id == AuditEvent.actor_id)
-    if action:
-        query = query.where(AuditEvent.action == action)
+    if action:  # a prefix: `review` finds every review.* action, `batch.upload` that one
+        query = query.where(AuditEvent.action.startswith(action, autoescape=True))
     if actor.isdigit():
         query = query.where(AuditEvent.actor_id == int(actor))
     if before.isdigit():
@@ -105,3 +108,13 @@ def audit_log():
     older = rows[-1][0].id if more else None
     return render_template("admin_audit.html", rows=rows, users=users, action=action,
                            actor=int(actor) if actor.isdigit() else None, older=older)
+
+
+@bp.get("/notifications")
+def notifications():
+    """Urgent-case notifications the webhook has not acknowledged yet, with their attempts and last error."""
+    svc = services()
+    with svc.db.session() as s:
+        rows = undelivered(s, NOTIFICATIONS_PAGE)
+    return render_template("admin_notifications.html", rows=rows, webhook=bool(svc.settings.webhook_url),
+                           more=len(rows) == NOTIFICATIONS_PAGE)

@@ -30,7 +30,7 @@ from triage.schema import Role, User, utcnow
 from .services import services
 
 bp = Blueprint("auth", __name__)  # the sign-in page alone: its rate limit applies to the whole blueprint
-PUBLIC_ENDPOINTS = {"auth.login", "portal.health", "static"}
+PUBLIC_ENDPOINTS = {"auth.login", "portal.health", "portal.favicon", "static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 

@@ -5,7 +5,8 @@ import json
 
 from flask import Blueprint, Response, abort
 
-from triage.exports import batch_export, to_csv, to_fhir
+from triage.exports import batch_export, to_csv
+from triage.fhir import to_fhir
 from triage.schema import Role
 
 from .auth import audit, requires
@@ -13,7 +14,7 @@ from .services import services
 
 bp = Blueprint("exports", __name__)
 FORMATS = {
-    "csv": ("text/csv; charset=utf-8", "csv", to_csv),
+    "csv": ("text/csv", "csv", to_csv),  # Flask adds the charset to every text/* type
     "json": ("application/json", "json", lambda export: json.dumps(export, indent=1)),
     "fhir": ("application/fhir+json", "fhir.json", lambda export: json.dumps(to_fhir(export), indent=1)),
 }

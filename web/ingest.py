@@ -8,6 +8,7 @@ once to add the new rows.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from werkzeug.datastructures import FileStorage
 from triage.db import insert_ignoring_conflicts
 from triage.imaging import RejectedImage, sanitize
 from triage.jobs import enqueue_analysis
+from triage.rejections import Refusal, record_refusals
 from triage.schema import Analysis, Image, ImageStatus
 from triage.store import sha256_hex
 
@@ -37,9 +39,12 @@ class FileResult:
     status: str  # accepted | duplicate | rejected
     image_id: int | None = None
     reason: str | None = None
+    size: int = 0  # of the bytes sent, and their SHA-256: what a rejection is recorded with
+    sha256: str | None = None
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        answer = {"name": self.name, "status": self.status, "image_id": self.image_id, "reason": self.reason}
+        return {k: v for k, v in answer.items() if v is not None}
 
 
 @dataclass
@@ -66,16 +71,18 @@ RESULT_STATUSES = ("accepted", "duplicate", "rejected")
 
 
 def ingest(svc: Services, batch_id: int, files: list[FileStorage],
-           record: Callable[[Session, dict[str, int]], None] | None = None) -> list[FileResult]:
+           record: Callable[[Session, dict[str, int]], None] | None = None,
+           uploader_id: int | None = None) -> list[FileResult]:
     """One result per file, in the order sent. `record(session, summary)` is called in the transaction
-    that adds the rows, with the count of files per result, so an upload's audit event and its rows
-    are committed together or not at all."""
+    that adds the rows and the record of the rejected files (by `uploader_id`), with the count of files
+    per result, so an upload's audit event, its images and its refusals are committed together or not
+    at all."""
     results, firsts = _hash_files(svc, files)
     pending = _drop_known(svc, batch_id, firsts)
     created_keys: list[str] = []
     try:
         stored = _store_files(svc, pending, created_keys)
-        accepted = _add_rows(svc, batch_id, stored, firsts, results, record)
+        accepted = _add_rows(svc, batch_id, stored, firsts, results, record, uploader_id)
     except BaseException:
         _forget_files(svc, created_keys)  # nothing was committed: leave no file behind
         raise
@@ -99,15 +106,26 @@ def _hash_files(svc: Services, files: list[FileStorage]) -> tuple[list[FileResul
         results.append(result)
         raw = upload.stream.read(limit + 1)
         if len(raw) > limit:
+            result.size, result.sha256 = _hash_rest(raw, upload.stream)
             result.reason = f"The file is larger than the limit of {limit // (1024 * 1024)} MB."
             continue
         digest = sha256_hex(raw)
+        result.size, result.sha256 = len(raw), digest
         if digest in first_with:
             first_with[digest].copies.append(result)
             continue
         first_with[digest] = _Pending(result, upload, digest, len(raw))
         pending.append(first_with[digest])
     return results, pending
+
+
+def _hash_rest(start: bytes, stream) -> tuple[int, str]:
+    """Size and SHA-256 of a file too large to take, read in pieces: it is recorded, never held."""
+    digest, size = hashlib.sha256(start), len(start)
+    while chunk := stream.read(1024 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _drop_known(svc: Services, batch_id: int, pending: list[_Pending]) -> list[_Pending]:
@@ -148,20 +166,18 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
         if created:
             created_keys.append(key)
         p.row = dict(display_name=p.result.name, sha256=p.digest, store_key=key, size_bytes=p.size,
-                     width=clean.width, height=clean.height, format=clean.source_format, phash=clean.phash,
+                     width=clean.width, height=clean.height, format=clean.source_format,
+                     stored_format=clean.format, phash=clean.phash,
                      status=ImageStatus.RECEIVED)
         stored.append(p)
     return stored
 
 
 def _add_rows(svc: Services, batch_id: int, stored: list[_Pending], firsts: list[_Pending],
-              results: list[FileResult], record) -> list[int]:
+              results: list[FileResult], record, uploader_id: int | None) -> list[int]:
     """One short transaction. A file that another request added to the batch meanwhile (the same
     folder uploaded twice at once) loses the race on the unique (batch, sha256) key and becomes a
     duplicate; nothing else in the request is affected. Returns the ids of the rows added."""
-    if not stored and record is None:
-        _settle_copies(firsts)
-        return []
     with svc.db.session() as s:
         inserted, winners = _insert_rows(s, batch_id, stored) if stored else ({}, {})
         for p in stored:
@@ -170,6 +186,8 @@ def _add_rows(svc: Services, batch_id: int, stored: list[_Pending], firsts: list
             else:
                 _mark_duplicate(p.result, winners[p.digest])
         _settle_copies(firsts)
+        record_refusals(s, batch_id, uploader_id, [Refusal(r.name, r.size, r.sha256, r.reason)
+                                                   for r in results if r.status == "rejected"])
         if record is not None:
             record(s, summarise(results))
     return [p.result.image_id for p in stored if p.result.status == "accepted"]

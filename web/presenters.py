@@ -1,65 +1,17 @@
-"""Batch and image data as plain dicts: one shape for the page, the JSON API and exports."""
+"""What the pages show: a batch's progress around its results (`triage.results`, the one shape the
+JSON API and the exports share), the recent batches and the case page."""
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
 
 from triage.catalogue import CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
-from triage.reviews import reviews_of
-from triage.schema import Analysis, Batch, CaseState, Image, ImageStatus, ReviewCase, User
-
-
-def image_dict(image: Image, reviews: dict[int, list[dict]] | None = None) -> dict:
-    analysis = image.analyses[-1] if image.analyses else None
-    out = {
-        "id": image.id,
-        "name": image.display_name,
-        "status": image.status,
-        "error": image.error,
-        "attempts": image.attempts,
-        "width": image.width,
-        "height": image.height,
-        "format": image.format,
-        "sha256": image.sha256,
-        "size_bytes": image.size_bytes,
-        "file_url": f"/images/{image.id}/file",
-        "phash": image.phash,
-        "near_duplicate_of": image.near_duplicate_of_id,
-        "analysis": None,
-    }
-    if analysis is not None:
-        out["analysis"] = {
-            "model_version": analysis.model_version,
-            "model_trained": analysis.model_trained,
-            "outcome": analysis.outcome,
-            "probabilities": analysis.probabilities,
-            "classes": named_probabilities(analysis.probabilities),  # the model's own classes, named
-            "top_class": analysis.top_class,
-            "top_class_name": class_name(analysis.top_class),
-            "confidence": analysis.confidence,
-            "top3": analysis.top3,
-            "risk_level": analysis.risk_level,
-            "priority": analysis.priority,
-            "reasons": analysis.reasons,
-            "recommendations": analysis.recommendations,
-            "quality": analysis.quality,
-            "thresholds": analysis.thresholds,
-            "timings": analysis.timings,
-            "heatmap_url": f"/images/{image.id}/heatmap" if analysis.heatmap_key else None,
-            "created_at": analysis.created_at.isoformat() + "Z",
-        }
-        if not analysis.model_trained:
-            out["analysis"]["warning"] = UNTRAINED_WARNING
-        if analysis.outcome == ImageStatus.ANALYSED:
-            out["analysis"]["case_url"] = f"/review/{analysis.id}"
-        history = (reviews or {}).get(analysis.id, [])
-        out["review"] = history[-1] if history else None  # the latest decision; the model's output stays
-    return out
+from triage.results import batch_results, iso, untrained_in_batch
+from triage.schema import Batch, CaseState, Image, ImageStatus, RejectedFile, ReviewCase, User
 
 
 def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
-    """A batch with its counts and progress; `with_images=False` leaves out the per-image rows (the
-    batch page's poller asks for that every few seconds)."""
+    """A batch with its counts and progress, and its results; `with_images=False` leaves out the
+    per-image rows and the refused files (the batch page's poller asks for that every few seconds)."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
@@ -73,7 +25,7 @@ def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
     out = {
         "id": batch.id,
         "name": batch.name,
-        "created_at": batch.created_at.isoformat() + "Z",
+        "created_at": iso(batch.created_at),
         "counts": counts,
         "total": total,
         "done": done,
@@ -83,27 +35,25 @@ def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
         "progress": {"received": total, "queued": total - counts[ImageStatus.RECEIVED], "analysed": done,
                      "reviewed": reviewed},
         "disclaimer": DISCLAIMER,
-        "warning": None,
+        "warning": UNTRAINED_WARNING if untrained_in_batch(session, batch_id) else None,
         "url": f"/batches/{batch.id}",
     }
-    untrained = session.scalar(select(Analysis.id).join(Image, Image.id == Analysis.image_id)
-                               .where(Image.batch_id == batch_id, Analysis.model_trained.is_(False)).limit(1))
-    if untrained is not None:
-        out["warning"] = UNTRAINED_WARNING
     if with_images:
-        images = session.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.id)
-                                 .options(selectinload(Image.analyses))).all()
-        reviews = reviews_of(session, [a.id for i in images for a in i.analyses])
-        out["images"] = [image_dict(i, reviews) for i in images]
+        results = batch_results(session, batch_id)
+        out.update(classes=results["classes"], images=results["images"], rejected_files=results["rejected_files"])
     return out
 
 
 def recent_batches(session, limit: int = 20) -> list[dict]:
+    """The newest batches with their image counts and how many files their uploads refused: a batch
+    whose every file was rejected shows why it is empty."""
+    refused = select(func.count()).where(RejectedFile.batch_id == Batch.id).scalar_subquery()
     rows = session.execute(
-        select(Batch.id, Batch.name, Batch.created_at, func.count(Image.id), User.username)
+        select(Batch.id, Batch.name, Batch.created_at, func.count(Image.id), User.username, refused)
         .outerjoin(Image, Image.batch_id == Batch.id).outerjoin(User, User.id == Batch.created_by_id)
         .group_by(Batch.id, User.username).order_by(Batch.id.desc()).limit(limit)).all()
-    return [{"id": r[0], "name": r[1], "created_at": r[2], "images": r[3], "uploader": r[4]} for r in rows]
+    return [{"id": r[0], "name": r[1], "created_at": r[2], "images": r[3], "uploader": r[4], "not_taken": r[5]}
+            for r in rows]
 
 
 def case_view(analysis, image, batch, case, history: list[dict]) -> dict:

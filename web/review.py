@@ -1,14 +1,15 @@
 """The review queue, the case page and decisions (reviewers and admins)."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from triage.catalogue import classes_of
+from triage.catalogue import class_name, classes_of
 from triage.reviews import (PRIORITY_RANK, Cursor, DecisionError, QueueFilter, case_for, classes_in_queue, decide,
-                            neighbour, queue_page, reviews_of, sync_cases)
-from triage.schema import Analysis, Batch, CaseState, Decision, Image, Role, User
+                            neighbour, queue_page)
+from triage.results import decision_history
+from triage.schema import Analysis, Batch, CaseState, Decision, Image, Review, Role, User
 
 from .auth import audit, requires
 from .presenters import case_view
@@ -46,7 +47,6 @@ def queue():
     after, before = Cursor.decode(request.args.get("after")), Cursor.decode(request.args.get("before"))
     svc = services()
     with svc.db.session() as s:
-        sync_cases(s, svc.settings)
         page = queue_page(s, flt, after=after, before=before)
         choices = _filter_choices(s, flt)
     return render_template("queue.html", page=page, flt=flt, args=flt.as_args(), done=bool(request.args.get("done")),
@@ -58,7 +58,6 @@ def api_queue():
     flt = QueueFilter.from_args(request.args)
     svc = services()
     with svc.db.session() as s:
-        sync_cases(s, svc.settings)
         page = queue_page(s, flt, after=Cursor.decode(request.args.get("after")),
                           before=Cursor.decode(request.args.get("before")))
     rows = [{**r, "received_at": r["received_at"].isoformat() + "Z",
@@ -72,14 +71,14 @@ def case(analysis_id: int):
     flt = QueueFilter.from_args(request.args)
     svc = services()
     with svc.db.session() as s:
-        found = case_for(s, svc.settings, analysis_id)
+        found = case_for(s, analysis_id)
         if found is None:
             abort(404, "No analysed image with this number awaits review.")
         analysis = s.get(Analysis, analysis_id)
         image = s.get(Image, analysis.image_id)
         batch = s.get(Batch, image.batch_id)
         later, earlier = neighbour(s, flt, found, True), neighbour(s, flt, found, False)
-        view = case_view(analysis, image, batch, found, reviews_of(s, [analysis_id]).get(analysis_id, []))
+        view = case_view(analysis, image, batch, found, decision_history(s, [analysis_id]).get(analysis_id, []))
     return render_template("case.html", case=view, args=flt.as_args(),
                            next_id=later.analysis_id if later else None,
                            prev_id=earlier.analysis_id if earlier else None,
@@ -91,8 +90,9 @@ def _text(values, key: str) -> str | None:
     return value if isinstance(value, str) else None  # JSON may send anything
 
 
-def _record(analysis_id: int, values) -> tuple[int, int | None]:
-    """Record a decision and find the case after it; returns (review id, next analysis id or None)."""
+def _record(analysis_id: int, values) -> tuple[Review, int, int | None]:
+    """Record a decision and find the case after it; returns (the review, its image's id, the next
+    analysis id or None)."""
     flt = QueueFilter.from_args(request.args)
     svc = services()
     with svc.db.session() as s:
@@ -100,16 +100,29 @@ def _record(analysis_id: int, values) -> tuple[int, int | None]:
                         _text(values, "diagnosis") or None, _text(values, "note"))
         audit(s, "review.decide", ("analysis", analysis_id), review_id=review.id, decision=review.decision,
               diagnosis=review.diagnosis)
-        later = neighbour(s, flt, case_for(s, svc.settings, analysis_id), True)
-        return review.id, later.analysis_id if later else None
+        case = case_for(s, analysis_id)
+        later = neighbour(s, flt, case, True)
+        return review, case.image_id, later.analysis_id if later else None
+
+
+def _saved(review: Review, image_id: int) -> str:
+    """What the clinician reads on the page the decision leads to: that it was kept, and as what."""
+    named = class_name(review.diagnosis)
+    done = {Decision.CONFIRM: f"confirmed as {named}", Decision.CHANGE: f"diagnosis changed to {named}",
+            Decision.RESHOOT: "reshoot requested", Decision.BIOPSY: "referred for biopsy",
+            Decision.SPECIALIST: "referred to a specialist"}[review.decision]
+    if review.decision in (Decision.BIOPSY, Decision.SPECIALIST) and named:
+        done += f", suspected {named}"
+    return f"Saved: #{image_id} {done}."
 
 
 @bp.post("/review/<int:analysis_id>/decision")
 def decision(analysis_id: int):
     try:
-        _, next_id = _record(analysis_id, request.form)
+        review, image_id, next_id = _record(analysis_id, request.form)
     except DecisionError as exc:
         abort(400, str(exc))
+    flash(_saved(review, image_id))
     args = QueueFilter.from_args(request.args).as_args()
     if next_id is None:
         return redirect(url_for("review.queue", done=1, **args))
@@ -119,7 +132,7 @@ def decision(analysis_id: int):
 @bp.post("/api/analyses/<int:analysis_id>/reviews")
 def api_decision(analysis_id: int):
     try:
-        review_id, next_id = _record(analysis_id, request.get_json(silent=True) or {})
+        review, _, next_id = _record(analysis_id, request.get_json(silent=True) or {})
     except DecisionError as exc:
         return jsonify(error=str(exc)), 400
-    return jsonify(review_id=review_id, next_analysis_id=next_id), 201
+    return jsonify(review_id=review.id, next_analysis_id=next_id), 201

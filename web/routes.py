@@ -62,7 +62,7 @@ def _upload(batch_id: int | None):
         return None, error
     if batch_id is None:
         batch_id = _new_batch(request.form.get("name"))
-    outcome = ingest(services(), batch_id, files,
+    outcome = ingest(services(), batch_id, files, uploader_id=current_user.id,
                      record=lambda s, summary: audit(s, "batch.upload", ("batch", batch_id), **summary))
     results = [r.as_dict() for r in outcome]
     count_files(results)
@@ -163,9 +163,7 @@ def image_file(image_id: int):
         image = s.get(Image, image_id)
         if image is None:
             abort(404)
-        key = image.store_key
-        # The stored file is JPEG for JPEG uploads and PNG for everything else.
-        stored_format = "JPEG" if image.format == "JPEG" else "PNG"
+        key, stored_format = image.store_key, image.stored_format
     return _stored_file(key, MIMETYPES[stored_format])
 
 
@@ -181,6 +179,12 @@ def image_heatmap(image_id: int):
 def health():
     report = health_report(services())
     return jsonify(report), (200 if report["ok"] else 503)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Pages name their icon; a browser showing a photograph or JSON asks here instead, signed in or not."""
+    return redirect(url_for("static", filename="favicon.svg"), 301)
 
 
 @bp.get("/batches")

@@ -17,7 +17,10 @@ def ago(moment: datetime | None) -> str:
     return "just now"
 
 
-def utc(moment: datetime | None) -> str:
+def utc(moment: datetime | str | None) -> str:
+    """A stored time, or one as the JSON API gives it (ISO 8601, `Z`), to the minute."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.removesuffix("Z"))
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
 
 
@@ -25,5 +28,14 @@ def percent(value: float | None, digits: int = 0) -> str:
     return "" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def filesize(size: int | None) -> str:
+    """Bytes as a person reads them (decimal units, as the upload page shows them)."""
+    if size is None:
+        return ""
+    if size < 1000:
+        return f"{size} B"
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
 def register_filters(app) -> None:
-    app.jinja_env.filters.update(ago=ago, utc=utc, percent=percent)
+    app.jinja_env.filters.update(ago=ago, utc=utc, percent=percent, filesize=filesize)

@@ -3,18 +3,22 @@
 `GET /api/uploads/limits` tells it how to cut a folder into requests the server will take, and
 `POST /api/batches/<id>/missing` which files a batch still lacks, so an interrupted upload resumes
 by sending only those. Files are named by the SHA-256 of their bytes where the client can compute
-it, else by the folder-relative path they were uploaded under.
+it, else by the folder-relative path they were uploaded under. `POST /api/batches/<id>/skipped` is
+what it tells: the files of the folder it did not send, recorded with the batch like rejected ones.
 """
 from __future__ import annotations
 
 import re
 
 from flask import Blueprint, jsonify, request
+from flask_login import current_user
 from sqlalchemy import select
 
 from triage.imaging import ACCEPTED_FORMATS
+from triage.rejections import SKIPPED, Refusal, record_refusals
 from triage.schema import Batch, Image
 
+from .auth import audit
 from .ingest import display_name, known_hashes
 from .services import services
 
@@ -23,6 +27,7 @@ bp = Blueprint("uploads", __name__)
 # server decides by content, not by name: a text file called lesion.jpg is sent and rejected.
 EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp")
 MAX_LOOKUP = 10_000  # hashes or names in one question: a clinic day is a few thousand photographs
+NOT_SENT = "Not sent: not a JPEG, PNG or WEBP file."
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -86,3 +91,37 @@ def _known_names(batch_id: int, names: list[str]) -> dict[str, int]:
                 Image.batch_id == batch_id, Image.display_name.in_(wanted[start:start + 500])))
             found.update(rows.all())
     return found
+
+
+@bp.post("/api/batches/<int:batch_id>/skipped")
+def skipped(batch_id: int):
+    """JSON `{"files": [{"name": "folder/notes.txt", "size": 120, "reason": "..."}, ...]}`: files of the
+    folder the uploader left out (by name not a photograph, or over the size limit). They are recorded
+    with the batch, with the audit event, so that the batch says what it lacks to whoever opens it."""
+    refusals, error = _skipped_files(request.get_json(silent=True))
+    if error:
+        return jsonify(error=error), 400
+    with services().db.session() as s:
+        if s.get(Batch, batch_id) is None:
+            return jsonify(error=f"Batch {batch_id} does not exist."), 404
+        recorded = record_refusals(s, batch_id, current_user.id, refusals)
+        audit(s, "batch.skip", ("batch", batch_id), reported=len(refusals), recorded=recorded)
+    return jsonify(batch_id=batch_id, recorded=recorded)
+
+
+def _skipped_files(body) -> tuple[list[Refusal], str | None]:
+    example = 'Send JSON: {"files": [{"name": "folder/notes.txt", "size": 120, "reason": "not a photograph"}]}.'
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, list):
+        return [], example
+    if len(files) > MAX_LOOKUP:
+        return [], f"Report at most {MAX_LOOKUP} files at a time."
+    refusals = []
+    for f in files:
+        size = f.get("size") if isinstance(f, dict) else None
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(size, int)
+                and not isinstance(size, bool) and 0 <= size < 2 ** 62
+                and isinstance(f.get("reason", NOT_SENT), str)):
+            return [], "Every file needs a `name` (text), a `size` (bytes, a whole number) and may have a `reason` (text)."
+        refusals.append(Refusal(display_name(f["name"]), size, None, f.get("reason") or NOT_SENT, SKIPPED))
+    return refusals, None

@@ -5,12 +5,20 @@ Run one worker per accelerator with one process, which loads the model once:
 """
 from __future__ import annotations
 
-from triage.jobs import make_celery
+from celery import signals
+
+from triage.jobs import make_celery, notification_queue
 from triage.settings import get_settings
 
 settings = get_settings()
 celery = make_celery(settings, "dermatriage-worker")
-celery.conf.include = ["worker.tasks"]
+celery.conf.include = ["worker.tasks", "worker.notify"]
 celery.conf.beat_schedule = {
     "reconcile": {"task": "worker.tasks.reconcile", "schedule": settings.reconcile_every_s},
 }
+
+
+@signals.celeryd_after_setup.connect
+def _consume_notifications(sender, instance, **_):
+    # Every worker also takes notification jobs, whatever queues its command line names (-Q).
+    instance.app.amqp.queues.select_add(notification_queue(settings))

@@ -7,18 +7,22 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import JSON, bindparam, case, update
 
-from model.preprocess import preprocess_rgb
+from model.preprocess import InputSpec
 from model.quality import QualityThresholds, assess_quality
 from triage.db import Database, insert_ignoring_conflicts
 from triage.imaging import decode_rgb
-from triage.phash import nearest
+from triage.notifications import announce_urgent
+from triage.reviews import open_cases
 from triage.risk import RiskThresholds, assess, reshoot_assessment
 from triage.schema import Analysis, Image, ImageStatus, utcnow
+from triage.settings import Settings
 from triage.store import ImageStore
 
 from .claims import Claimed
+from .near_duplicates import find_near_duplicates
+from .near_duplicates import preload as preload_near_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +49,19 @@ def elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
-def prepare_all(claimed: list[Claimed], store: ImageStore, quality_t: QualityThresholds, input_size: int,
+def prepare_all(claimed: list[Claimed], store: ImageStore, quality_t: QualityThresholds, spec: InputSpec,
                 pool: Executor | None = None) -> list[Prepared]:
     """`prepare` for every image, on `pool`'s threads when given (Pillow, OpenCV and NumPy release the
     GIL while they work, so images are decoded side by side). The order of `claimed` is kept."""
     def one(item: Claimed) -> Prepared:
-        return prepare(item, store, quality_t, input_size)
+        return prepare(item, store, quality_t, spec)
 
     if pool is None or len(claimed) < 2:
         return [one(item) for item in claimed]
     return list(pool.map(one, claimed))
 
 
-def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, input_size: int) -> Prepared:
+def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec: InputSpec) -> Prepared:
     """Decode, quality gate and preprocessing of one image: everything before the network, all CPU."""
     out = Outcome(item.id, ImageStatus.FAILED)
     start = time.perf_counter()
@@ -79,7 +83,7 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, inpu
                             recommendations=advice, quality=quality)
         return Prepared(out, quality=quality)
     start = time.perf_counter()
-    tensor = preprocess_rgb(rgb, input_size)
+    tensor = spec.tensor(rgb)
     out.timings["preprocess_ms"] = elapsed_ms(start)
     return Prepared(out, tensor, report.marginal, quality)
 
@@ -122,52 +126,79 @@ def _assessed(p: Prepared, row: np.ndarray, heatmap: bytes | None, classifier, r
                               quality=p.quality, heatmap=heatmap)
 
 
+@dataclass
+class Written:
+    ages: list[float]  # for each image written, the seconds since it was uploaded
+    notifications: list[int]  # urgent cases to announce, once the transaction is committed
+
+
 def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, node: str, model_version: str,
-                   model_trained: bool, thresholds: dict, near_duplicate_distance: int) -> list[float]:
-    """Write every result of a forward pass in one transaction.
+                   model_trained: bool, thresholds: dict, near_duplicate_distance: int, settings: Settings) -> Written:
+    """Write every result of a forward pass in one transaction, with the cases it opens in the review
+    queue (audit draw, older analyses superseded) and the notifications of urgent ones (`settings`).
 
     Idempotent: an analysis is inserted only if none exists for (image, model version), and a status
-    changes only while this node still holds the image's claim. Returns, for each image written, the
-    seconds since it was uploaded.
+    changes only while this node still holds the image's claim; a case and its notification come only
+    with a new analysis. One statement sets every status (with its near-duplicate flag) and one inserts
+    every analysis, whatever the batch's size.
     """
-    ages: list[float] = []
+    preload_near_duplicates(db, near_duplicate_distance)  # a worker's first batch only
     with db.session() as s:
+        duplicates = find_near_duplicates(s, [o.image_id for o in outcomes], near_duplicate_distance)
+        uploaded = release_claims(s, outcomes, node, duplicates)
+        ages, rows = [], []
         for out in outcomes:
-            uploaded = s.execute(update(Image).where(
-                Image.id == out.image_id, Image.status == ImageStatus.PROCESSING, Image.claimed_by == node,
-            ).values(status=out.status, error=out.error, lease_expires_at=None, claimed_by=None)
-                .returning(Image.created_at)).scalar()
-            if uploaded is None:
+            if out.image_id not in uploaded:
                 log.warning("image %s is no longer held by %s; result dropped", out.image_id, node)
                 continue
-            ages.append((utcnow() - uploaded).total_seconds())
+            ages.append((utcnow() - uploaded[out.image_id]).total_seconds())
             if out.analysis is None:
                 continue
             values = dict(out.analysis)
             heatmap = values.pop("heatmap", None)
             values["heatmap_key"] = store.put(heatmap)[0] if heatmap else None
-            s.execute(insert_ignoring_conflicts(s.get_bind(), Analysis.__table__, "image_id", "model_version").values(
-                image_id=out.image_id, model_version=model_version, model_trained=model_trained,
-                thresholds=thresholds, timings=out.timings, **values,
-            ))
-        flag_near_duplicates(s, [o.image_id for o in outcomes], near_duplicate_distance)
-    return ages
+            rows.append(dict(image_id=out.image_id, model_version=model_version, model_trained=model_trained,
+                             thresholds=thresholds, timings=out.timings, **values))
+        inserted = insert_analyses(s, rows)
+        opened = open_cases(s, inserted, settings.review_audit_share)
+        notifications = announce_urgent(s, opened, settings)
+    return Written(ages, notifications)
+
+
+def release_claims(session, outcomes: list[Outcome], node: str, duplicates: dict[int, int]) -> dict:
+    """Each image's final status and error (and near-duplicate flag, where one was found) in one
+    UPDATE, on the images this node still holds; returns {image id: uploaded at} for those."""
+    by_id = {o.image_id: o for o in outcomes}
+    if not by_id:
+        return {}
+    values = dict(status=case({i: o.status for i, o in by_id.items()}, value=Image.id),
+                  error=case({i: o.error for i, o in by_id.items()}, value=Image.id),
+                  lease_expires_at=None, claimed_by=None)
+    if duplicates:  # the others keep the flag they have
+        values["near_duplicate_of_id"] = case(duplicates, value=Image.id, else_=Image.near_duplicate_of_id)
+    return dict(session.execute(update(Image).where(
+        Image.id.in_(by_id), Image.status == ImageStatus.PROCESSING, Image.claimed_by == node,
+    ).values(**values).returning(Image.id, Image.created_at)).all())
+
+
+def insert_analyses(session, rows: list[dict]) -> list[int]:
+    """INSERT ... ON CONFLICT DO NOTHING of every row in one statement (SQLAlchemy sends an executemany
+    with RETURNING as one multi-row VALUES); returns the ids of the analyses that are new."""
+    if not rows:
+        return []
+    keys = sorted({key for row in rows for key in row})
+    # A result without some field (a reshoot has no probabilities) stores SQL NULL there, as before.
+    json_nulls = {c.name: bindparam(c.name, type_=JSON(none_as_null=True))
+                  for c in Analysis.__table__.columns if c.name in keys and isinstance(c.type, JSON)}
+    insert = insert_ignoring_conflicts(session.get_bind(), Analysis.__table__, "image_id", "model_version")
+    return list(session.scalars(insert.values(**json_nulls).returning(Analysis.id),
+                                [{key: row.get(key) for key in keys} for row in rows]))
 
 
 def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> None:
-    """Point each image at the earliest-closest other image whose perceptual hash is within reach.
-
-    A linear scan of every stored hash, vectorised: each row is parsed once per batch rather than once
-    per image, which kept the scan from growing into the database write's largest part.
-    """
-    known = session.execute(select(Image.id, Image.phash).where(Image.phash.is_not(None))).all()
-    wanted = set(image_ids)
-    if not known or not wanted:
-        return
-    ids = np.array([i for i, _ in known], np.int64)
-    hashes = np.array([int(h, 16) for _, h in known], np.uint64)
-    for at in np.flatnonzero(np.isin(ids, list(wanted))):
-        match = nearest(ids, hashes, at, max_distance)
-        if match is not None:
-            session.execute(update(Image).where(Image.id == int(ids[at])).values(near_duplicate_of_id=match))
-
+    """Point each image at the earliest-closest other image whose perceptual hash is within reach (the
+    flags alone, without the statuses that `write_outcomes` sets with them)."""
+    duplicates = find_near_duplicates(session, image_ids, max_distance)
+    if duplicates:
+        session.execute(update(Image).where(Image.id.in_(duplicates))
+                        .values(near_duplicate_of_id=case(duplicates, value=Image.id)))

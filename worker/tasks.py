@@ -14,8 +14,8 @@ from celery.worker import state as worker_state
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from triage import heartbeat
-from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis
+from triage import heartbeat, notifications
+from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis, enqueue_notifications
 from triage.settings import get_settings
 
 from . import claims, metrics
@@ -153,7 +153,7 @@ def _fill_and_prepare(rt, got: list[claims.Claimed], held: list[int], claim_ms: 
 
 
 def _prepare(rt, got: list[claims.Claimed], claim_ms: float) -> list[Prepared]:
-    prepared = prepare_all(got, rt.store, rt.quality_thresholds, rt.classifier.input_size, rt.pool)
+    prepared = prepare_all(got, rt.store, rt.quality_thresholds, rt.classifier.input_spec, rt.pool)
     for p in prepared:
         p.outcome.timings["claim_ms"] = round(claim_ms / max(1, len(got)), 2)
     return prepared
@@ -211,23 +211,38 @@ def _claim_and_prepare(rt, held: list[int]) -> list[Prepared]:
 def _write(rt, outcomes) -> int:
     classifier = rt.classifier
     start = time.perf_counter()
-    ages = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
-                          model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
-                          near_duplicate_distance=rt.settings.near_duplicate_distance)
+    written = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
+                             model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
+                             near_duplicate_distance=rt.settings.near_duplicate_distance, settings=rt.settings)
     # One line per batch: where a batch's database time goes is not in its own rows (written last).
     log.info("wrote batch of %d in %.1f ms", len(outcomes), elapsed_ms(start))
-    metrics.observe(outcomes, ages)
-    return len(ages)
+    _send_notifications(written.notifications)
+    metrics.observe(outcomes, written.ages)
+    return len(written.ages)
+
+
+def _send_notifications(ids: list[int]) -> None:
+    """After the commit. A broker outage must not fail the batch: the rows are written, and the
+    reconciler sends what is still due."""
+    try:
+        enqueue_notifications(celery, ids)
+    except Exception:
+        log.exception("could not send %d notification jobs; the reconciler will", len(ids))
 
 
 @celery.task(name=RECONCILE_TASK)
 def reconcile() -> dict:
-    """Re-enqueue images whose job was lost (broker restart, killed worker). Safe to run anywhere."""
+    """Re-enqueue images and notifications whose job was lost (broker restart, killed worker). Safe to
+    run anywhere."""
     rt = runtime()
     ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
     if ids:
         claims.touch(rt.db, ids)
         enqueue_analysis(celery, ids)
         log.info("reconciler re-enqueued %d images", len(ids))
+    lost = notifications.requeue_lost(rt.db)
+    if lost:
+        enqueue_notifications(celery, lost)
+        log.info("reconciler re-sent %d notification jobs", len(lost))
     removed = sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
-    return {"requeued": len(ids), "orphans_removed": removed}
+    return {"requeued": len(ids), "notifications_resent": len(lost), "orphans_removed": removed}

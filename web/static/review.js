@@ -7,6 +7,7 @@
   var diagnosis = document.getElementById("diagnosis");
   var note = document.getElementById("note");
   var hint = document.getElementById("decision-hint");
+  var confirmHint = document.getElementById("confirm-hint");
   var ALIASES = {ArrowRight: "n", ArrowLeft: "p"};
 
   function typing(target) {
@@ -16,7 +17,7 @@
 
   function chooseClass(digit) {
     var option = diagnosis.querySelector('option[data-key="' + digit + '"]');
-    if (option) { diagnosis.value = option.value; hint.hidden = true; }
+    if (option) { diagnosis.value = option.value; hint.hidden = true; confirmHint.hidden = true; }
   }
 
   document.addEventListener("keydown", function (event) {
@@ -33,12 +34,18 @@
   });
 
   form.addEventListener("submit", function (event) {
-    // A change to the model's own class would be refused; say why here instead of on an error page.
+    // Decisions the server would refuse; say why here instead of on an error page. Focus stays on the
+    // page, so the number keys and then d carry on as the hints say.
     var submitter = event.submitter;
-    if (submitter && submitter.value === "change" &&
-        diagnosis.value === diagnosis.getAttribute("data-model-class")) {
+    var modelClass = diagnosis.getAttribute("data-model-class");
+    if (submitter && submitter.value === "change" && (!diagnosis.value || diagnosis.value === modelClass)) {
       event.preventDefault();
-      hint.hidden = false;  // focus stays on the page, so the number keys and then d carry on as the hint says
+      hint.hidden = false;
+      return;
+    }
+    if (submitter && submitter.value === "confirm" && diagnosis.value && diagnosis.value !== modelClass) {
+      event.preventDefault();
+      confirmHint.hidden = false;
       return;
     }
     if (form.getAttribute("data-sent")) { event.preventDefault(); return; }  // one decision per key press

@@ -4,7 +4,8 @@
 // the bottom; hidden files and Thumbs.db / desktop.ini are left out, and files that are not JPEG,
 // PNG or WEBP are listed as skipped and never sent. Each photograph keeps its path inside the
 // dropped folder as its name. The photographs go up PARALLEL requests at a time under one overall
-// progress bar, each with its own state; a request that fails is tried again after a growing pause,
+// progress bar (of files answered, not bytes sent: a file is done when the server has said what
+// became of it), each with its own state; a request that fails is tried again after a growing pause,
 // once the server has said which of its files arrived anyway. Adding to a batch that already holds
 // part of the folder (a tab closed half-way, a lost connection) sends only what the batch lacks:
 // the server is asked by SHA-256 where the browser can compute one (crypto.subtle exists only on
@@ -37,7 +38,7 @@
     button: form.querySelector("button[type=submit]")
   };
   var files = [];  // {file, path, size, state, detail, row} for everything chosen
-  var run = null;  // the upload under way or last finished: {batchId, inflight, names (image id -> path), stopped, done}
+  var run = null;  // the upload under way or last finished: {batchId, names (image id -> path), stopped, done}
 
   // ------------------------------------------------------------------ choosing
 
@@ -199,9 +200,9 @@
 
   function headline() {
     var c = counts();
-    var text = (c.accepted + c.already) + " accepted, " + c.duplicate + " duplicate, " + (c.rejected + c.skipped) + " rejected";
+    var text = c.accepted + " accepted, " + (c.already ? c.already + " already in the batch, " : "") +
+      c.duplicate + " duplicate, " + (c.rejected + c.skipped) + " rejected";
     var notes = [];
-    if (c.already) { notes.push(c.already + " already in the batch"); }
     if (c.skipped) { notes.push(c.skipped + " not a JPEG, PNG or WEBP file, not sent"); }
     if (c.failed) { notes.push(c.failed + " could not be sent"); }
     return text + (notes.length ? " (" + notes.join("; ") + ")" : "");
@@ -209,12 +210,8 @@
 
   function showProgress() {
     var photos = files.filter(function (f) { return f.photo; });
-    var all = total(photos);
-    var done = 0;
-    photos.forEach(function (f) { if (f.state !== "waiting" && f.state !== "uploading" && f.state !== "retrying") { done += f.size; } });
-    if (run) { run.inflight.forEach(function (r) { done += Math.min(r.loaded, r.bytes); }); }
-    var share = all ? Math.min(1, done / all) : 1;
     var c = counts();
+    var share = photos.length ? c.finished / photos.length : 1;
     view.bar.value = share;
     view.percent.textContent = Math.floor(share * 100) + "%";
     view.summary.textContent = (run ? (run.done ? "This upload: " : "Uploading into batch #" + run.batchId + ": ") : "Chosen: ") +
@@ -223,8 +220,8 @@
 
   // ------------------------------------------------------------------ talking to the server
 
-  // XMLHttpRequest rather than fetch: it reports how much of a request has been sent.
-  function request(method, url, body, onProgress) {
+  // XMLHttpRequest rather than fetch: its timeout covers the whole exchange.
+  function request(method, url, body) {
     return new Promise(function (resolve, reject) {
       var xhr = new XMLHttpRequest();
       xhr.open(method, url);
@@ -234,7 +231,6 @@
         xhr.setRequestHeader("Content-Type", "application/json");
         body = JSON.stringify(body);
       }
-      if (onProgress) { xhr.upload.onprogress = function (e) { onProgress(e.loaded); }; }
       xhr.timeout = 300000;
       xhr.onload = function () {
         var json = null;
@@ -321,13 +317,7 @@
     group.forEach(function (f) { setState(f, "uploading", attempt > 1 ? "attempt " + attempt + " of " + ATTEMPTS : ""); });
     var body = new FormData();
     group.forEach(function (f) { body.append("files", f.file, f.path); });
-    var inflight = {loaded: 0, bytes: total(group)};
-    run.inflight.push(inflight);
-    return request("POST", "/api/batches/" + run.batchId + "/images", body, function (loaded) {
-      inflight.loaded = loaded;
-      showProgressSoon();
-    }).then(function (answer) {
-      run.inflight.splice(run.inflight.indexOf(inflight), 1);
+    return request("POST", "/api/batches/" + run.batchId + "/images", body).then(function (answer) {
       return answered(group, attempt, answer);
     });
   }
@@ -370,6 +360,26 @@
     }).then(function (rest) { return sendGroup(rest, attempt + 1); });
   }
 
+  // The batch records the files it was never sent, as it records those it rejected, so that whoever
+  // opens it later (another user, this tab reloaded) sees what the folder held besides its photographs.
+  function reportUnsent() {
+    var unsent = files.filter(function (f) { return f.state === "skipped" || f.unsent; });
+    var url = "/api/batches/" + run.batchId + "/skipped";
+    var chain = Promise.resolve();
+    for (var start = 0; start < unsent.length; start += 1000) {
+      (function (part) {
+        chain = chain.then(function () {
+          return callJson("POST", url, {files: part.map(function (f) {
+            return {name: f.path, size: f.size, reason: f.detail.charAt(0).toUpperCase() + f.detail.slice(1) + "."};
+          })});
+        });
+      }(unsent.slice(start, start + 1000)));
+    }
+    return chain.catch(function (error) {
+      if (error instanceof Stop) { throw error; }  // signed out or no batch: the whole upload stops anyway
+    });  // otherwise the photographs matter more than this record of what was not sent
+  }
+
   // ------------------------------------------------------------------ the upload
 
   function cut(photos) {
@@ -399,7 +409,7 @@
       return;
     }
     var resume = Boolean(batchSelect.value);
-    run = {batchId: batchSelect.value, inflight: [], names: {}, stopped: false, done: false};
+    run = {batchId: batchSelect.value, names: {}, stopped: false, done: false};
     view.button.disabled = true;
     view.status.textContent = "";
     var name = form.elements.name.value.trim();
@@ -410,6 +420,7 @@
       roots().forEach(function (root) { store(localStorage, REMEMBER + root, String(run.batchId)); });
       var sendable = waiting.filter(function (f) {
         if (f.size <= maxFileBytes) { return true; }
+        f.unsent = true;
         setState(f, "rejected", "larger than the server's limit of " + megabytes(maxFileBytes) + "; not sent");
         return false;
       });
@@ -420,7 +431,7 @@
         return (resume ? dropPresent(group, "already") : Promise.resolve(group))
           .then(function (rest) { return sendGroup(rest, 1); }).then(worker);
       };
-      var workers = [];
+      var workers = [reportUnsent()];
       for (var i = 0; i < PARALLEL; i += 1) { workers.push(worker()); }
       return Promise.all(workers);
     }).then(finished, function (error) {
@@ -444,6 +455,8 @@
     } else if (c.accepted) {
       say("Every file has an answer. The photographs are being analysed; the batch's page opens when they are done.");
       follow(run);
+    } else if (c.already) {
+      say("All " + c.already + " photographs were already in the batch; nothing new was added.");
     } else {
       say("Nothing new was added.");
     }
@@ -481,9 +494,10 @@
     }());
   }
 
-  // What went wrong in this upload, for the batch page (which knows only what the batch holds).
+  // What went wrong in this upload that the batch does not record itself (it lists its rejected and
+  // skipped files), for the batch page: duplicates and files that could not be sent.
   function keepReport(batchId) {
-    var problems = files.filter(function (f) { return ["accepted", "already"].indexOf(f.state) < 0; })
+    var problems = files.filter(function (f) { return ["accepted", "already", "rejected", "skipped"].indexOf(f.state) < 0; })
       .slice(0, 500).map(function (f) { return {path: f.path, state: f.state, detail: f.detail}; });
     store(sessionStorage, REPORT + batchId, JSON.stringify({headline: "This upload: " + headline(), problems: problems}));
   }

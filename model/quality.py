@@ -3,61 +3,103 @@
 An image that fails any check is not classified (status needs_reshoot). A pass that lies close to a
 threshold is "marginal": the image is classified but the risk policy sends it for review.
 
-Measurements are taken on a copy whose longer side is WORKING_SIDE pixels, so a 4000-px phone photo
-and a 600-px dermatoscope image are judged alike. Larger images are shrunk by area averaging, which
-keeps what detail the scene has and averages sensor noise away; smaller ones are enlarged, which can
-only lose sharpness, so blowing up a small picture never makes it look sharper than it is. Texture
-measures leave out a dermatoscope's black surround (see picture_mask).
+Measurements are taken on a small working view whose shorter side is WORKING_SIDE (224) pixels, the size
+the network reads, made by averaging (never by enlarging: a photograph smaller than that is judged as
+it is, and its size check fails). A 4000-px phone photo, a 600-px dermatoscope image and a 224-px
+export of either are judged at the same scale, and a decode already reduced by the JPEG decoder (a
+power-of-two DCT scale, see `decode_size`) gives the same values as a full decode. Only the size check
+uses the photograph's own size, which the caller passes when it hands over a reduced copy.
 
-Defaults are calibrated on real dermoscopic photographs (scripts/quality_report.py prints the margins).
-No TensorFlow here.
+Sharpness is judged by how much fine detail the sharpest parts of the picture hold, relative to their
+own contrast, not by how much detail there is: a smooth nevus under a dermatoscope is sharp, a
+blurred hairy forearm is not. Texture measures leave out a dermatoscope's dark surround (see
+picture_mask). Defaults are calibrated on real dermoscopic and smartphone photographs at their own size
+and shrunk to 224 px (scripts/quality_report.py prints the margins). No TensorFlow here.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from math import ceil
 from typing import Callable
 
 import cv2
 import numpy as np
 
-# 512 is a little over twice the network's 224-px input: blur the network would notice shows clearly,
-# and the standard 600x450 dermoscopic image is barely resampled. At 1024 those images would have to
-# be enlarged and would all look soft; at 256-320 a blur a person sees at once would pass.
-WORKING_SIDE = 512
-CALIBRATION_SIDE = 600  # longer side of the dermoscopic photographs the defaults were calibrated on
+# The network reads 224 x 224. Detail finer than that is invisible to it, so blur is judged at that
+# scale: a 300-px photograph is not held to the standard of a 4000-px one, and nothing is enlarged.
+WORKING_SIDE = 224
+GATE_MIN_SIDE = WORKING_SIDE  # a reduced decode handed to the gate keeps at least this shorter side
+# The colour checks count shares of pixels, which need far fewer: 56-111 px on the shorter side, made
+# by exact 2 x 2 averages (counting colours is the costliest measurement per pixel).
+COLOUR_SIDE = 56
 
 BLACK_LEVEL = 5  # grey at or below this is clipped dark
 WHITE_LEVEL = 250  # grey at or above this is clipped bright
 FLAT_COLOURS = 8  # how many of the commonest exact colours count as "flat"
-NEAR_BLACK = 16  # brightest channel below this: JPEG noise in black, not a colour worth counting
-COLOUR_MIN_VALUE = 48  # brightest channel below this: too dark for its hue to mean anything
-GREY_SATURATION = 20  # HSV saturation (0-255) below this is grey; skin stays well above it
+# Colours are judged only where they can be told apart: not in shadows, a dermatoscope's dark (black
+# or dark grey) surround or an underexposed frame, where hue is noise and few grey levels make equal
+# colours by necessity, nor where a channel is blown out to its maximum (clipped_bright reports that).
+COLOUR_MIN_VALUE = 80  # brightest channel below this: too dark for its colour to mean anything
+CHANNEL_MAX = 255
+GREY_SATURATION = 12  # HSV saturation (0-255) below this is grey; skin, even pale, stays above it
+MIN_COLOUR_SHARE = 0.25  # less of the frame than this shows colour clearly: colour is not judged
+MIN_EXPOSED_SHARE = 0.05  # less of the picture than this between black and white: no contrast to measure
 TEXT_STEP = 64  # a jump of this many grey levels between neighbours is a printed or drawn edge
-# The black ring of a dermatoscope or a dark drape is not part of the picture: its border with the
-# skin is the sharpest edge in the frame and would hide a blurred lesion. Dark areas touching the frame
-# edge, and a band around them, are left out of the texture measurements.
-OUTSIDE_LEVEL = 32
-OUTSIDE_BAND_PX = 8
-FRAME_BAND_PX = 4  # the outermost pixels have no real neighbours for the Laplacian
+# The black or dark grey ring of a dermatoscope, or a dark drape, is not part of the picture: its
+# border with the skin is the sharpest edge in the frame, and its noise the finest detail, either of
+# which would hide a blurred lesion. Thick dark areas touching the frame edge, and a band around them,
+# are left out of the texture measurements. "Dark" is relative: under half the grey of the picture's
+# brighter quarter (between 32 and 80), so the skin of a dark-skinned photograph is never taken for
+# surround; "thick" leaves hairs that reach the edge in the picture.
+OUTSIDE_LEVEL = (32, 80)
+OUTSIDE_SHARE_OF_BRIGHT = 0.5
+OUTSIDE_THICK_PX = 4  # dark areas thinner than about twice this are hairs or shadows, not surround
+OUTSIDE_BAND_PX = 4
+FRAME_BAND_PX = 2  # the outermost pixels have no real neighbours for the gradient
+# Sharpness: the picture is cut into tiles; in those with visible detail, how much of it a further
+# 1-px blur removes; the sharpest tenth of them speaks for the photograph (where it was in focus).
+TILE_PX = 16
+REBLUR_SIGMA = 1.0
+# A tile counts when its detail stands out from the picture's noise: its mean gradient after the
+# re-blur at least NOISE_MARGIN times what noise alone would leave (0.18 x the noise's standard
+# deviation, estimated over the picture), and at least DETAIL_FLOOR grey levels per pixel. Sensor and
+# JPEG noise in a flat area or a dark surround would otherwise pass for the finest, sharpest detail.
+NOISE_MARGIN = 2.0
+NOISE_GRADIENT = 0.18
+DETAIL_FLOOR = 0.25
+SHARPEST_SHARE = 0.10
+
+
+SHARE_FIELDS = ("min_sharpness_share", "min_relative_contrast", "max_clipped_dark", "max_clipped_bright",
+                "max_flat_colour_share", "max_colourless_share", "max_text_edge_share", "marginal_margin")
 
 
 @dataclass(frozen=True)
 class QualityThresholds:
     min_side_px: int = 224
-    min_sharpness: float = 6.0
+    min_sharpness_share: float = 0.25
     min_brightness: float = 40.0
     max_brightness: float = 230.0
-    min_contrast: float = 4.0
+    min_relative_contrast: float = 0.025
     max_clipped_dark: float = 0.50
     max_clipped_bright: float = 0.10
     max_flat_colour_share: float = 0.50
     max_colourless_share: float = 0.60
-    max_text_edge_share: float = 0.04
+    max_text_edge_share: float = 0.08
     marginal_margin: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name in SHARE_FIELDS:
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"quality threshold {name} is a share between 0 and 1, not {value} "
+                                 f"(see DERMATRIAGE_{name.upper()} in the README's settings table)")
 
     @classmethod
     def from_settings(cls, settings) -> "QualityThresholds":
-        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+        # A threshold the settings do not carry keeps its default here (tests/test_quality.py holds
+        # the settings to carrying every one).
+        return cls(**{name: getattr(settings, name, f.default) for name, f in cls.__dataclass_fields__.items()})
 
 
 @dataclass(frozen=True)
@@ -112,43 +154,77 @@ class Measurements:
     text_edges: float
 
 
-# ---------------------------------------------------------------- measuring
+# ---------------------------------------------------------------- the working view
 
-def working_copy(rgb: np.ndarray) -> np.ndarray:
-    """The image with its longer side at WORKING_SIDE: area averaging down, bicubic up.
+def decode_size(width: int, height: int) -> tuple[int, int]:
+    """The smallest (width, height) a reduced decode of a width x height photograph may have for the
+    gate: shorter side GATE_MIN_SIDE, or the photograph's own size if it is smaller. Suitable for
+    Pillow's `Image.draft("RGB", size)`, which keeps at least this size."""
+    short = min(width, height)
+    if short <= GATE_MIN_SIDE:
+        return width, height
+    scale = GATE_MIN_SIDE / short
+    return max(GATE_MIN_SIDE, ceil(width * scale - 1e-9)), max(GATE_MIN_SIDE, ceil(height * scale - 1e-9))
 
-    A larger photo goes down in two steps, through CALIBRATION_SIDE: one big step keeps more
-    pixel-level contrast than the 600-px images the thresholds were set on went through, and would
-    measure a photo 1.5-2x sharper than a 600-px export of itself.
-    """
-    if max(rgb.shape[:2]) > CALIBRATION_SIDE:
-        rgb = _resize(rgb, CALIBRATION_SIDE)
-    return _resize(rgb, WORKING_SIDE)
+
+@dataclass(frozen=True)
+class View:
+    grey: np.ndarray  # float32 grey, shorter side WORKING_SIDE (or less for a smaller photograph)
+    colour: np.ndarray  # uint8 RGB, shorter side COLOUR_SIDE to twice that, for the colour shares
 
 
-def _resize(rgb: np.ndarray, side: int) -> np.ndarray:
+def _halved(rgb: np.ndarray) -> np.ndarray:
+    """Exact 2 x 2 averages (an odd last row or column is dropped): OpenCV's fast path."""
     h, w = rgb.shape[:2]
-    scale = side / max(h, w)
-    if scale == 1:
-        return rgb
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interp)
+    return cv2.resize(rgb[:h - h % 2, :w - w % 2], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
 
 
-def working_grey(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB, grey) at the working size."""
-    small = working_copy(rgb)
-    return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+def working_view(rgb: np.ndarray) -> View:
+    """Grey with the shorter side at WORKING_SIDE, by area averaging, and a small colour copy.
+
+    Halving by exact 2 x 2 averages costs little; the last step, by less than two, averages the grey
+    only (an area resize of all three channels would cost more than every check together). A smaller
+    photograph is never enlarged.
+    """
+    if rgb.ndim == 2:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    while min(rgb.shape[:2]) >= 2 * WORKING_SIDE:
+        rgb = _halved(rgb)
+    h, w = rgb.shape[:2]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    if min(h, w) > WORKING_SIDE:
+        scale = WORKING_SIDE / min(h, w)
+        size = (max(WORKING_SIDE, round(w * scale)), max(WORKING_SIDE, round(h * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    colour = rgb
+    while min(colour.shape[:2]) >= 2 * COLOUR_SIDE:
+        colour = _halved(colour)
+    return View(grey, colour)
 
 
 def picture_mask(grey: np.ndarray) -> np.ndarray:
-    """True where the picture is: not dark areas connected to the frame edge, nor a band around them."""
-    dark = (grey < OUTSIDE_LEVEL).astype(np.uint8)
-    _, labels = cv2.connectedComponents(dark, connectivity=8)
-    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    outside = np.isin(labels, rim[rim > 0]).astype(np.uint8)
-    band = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * OUTSIDE_BAND_PX + 1,) * 2)
-    mask = cv2.dilate(outside, band) == 0
+    """True where the picture is: not thick dark areas connected to the frame edge, nor a band around
+    them."""
+    sample = grey[::4, ::4].ravel()  # a sample is enough to set the level
+    bright = float(np.partition(sample, 3 * sample.size // 4)[3 * sample.size // 4]) if sample.size else 0.0
+    level = min(max(OUTSIDE_SHARE_OF_BRIGHT * bright, OUTSIDE_LEVEL[0]), OUTSIDE_LEVEL[1])
+    dark = (grey < level).view(np.uint8)
+    mask = np.ones(grey.shape, bool)
+    if dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any():
+        count, labels = cv2.connectedComponents(dark, connectivity=8)
+        surround = np.zeros(count, bool)
+        surround[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+        if min(grey.shape) > 4 * OUTSIDE_THICK_PX:
+            # Of the dark areas at the edge, the surround is those with a part too thick for a hair.
+            thick = np.zeros(count, bool)
+            thick[labels[cv2.erode(dark, _square(OUTSIDE_THICK_PX)).view(bool)]] = True
+            surround &= thick
+        surround[0] = False  # label 0: everything that is not dark
+        ids = np.flatnonzero(surround)
+        if ids.size:
+            outside = labels == ids[0] if ids.size == 1 else surround[labels]  # one ring, as a rule
+            mask = cv2.dilate(outside.view(np.uint8), _square(OUTSIDE_BAND_PX)) == 0
     b = FRAME_BAND_PX
     if min(grey.shape) > 4 * b:
         mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = False, False, False, False
@@ -156,55 +232,84 @@ def picture_mask(grey: np.ndarray) -> np.ndarray:
     return mask if mask.any() else np.ones_like(mask)
 
 
+def _square(radius: int) -> np.ndarray:
+    return np.ones((2 * radius + 1,) * 2, np.uint8)  # separable: several times cheaper than a disc
+
+
+# ---------------------------------------------------------------- measuring
+
+def _gradient(grey: np.ndarray) -> np.ndarray:
+    """|gradient| in grey levels per pixel (3 x 3 Sobel, normalised)."""
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    return cv2.magnitude(gx, gy)
+
+
+def _tile_means(a: np.ndarray, tile: int) -> np.ndarray:
+    """Mean of each whole tile x tile block (area resize by an integer factor: OpenCV's fast path)."""
+    h, w = a.shape
+    rows, cols = h // tile, w // tile
+    return cv2.resize(a[:rows * tile, :cols * tile], (cols, rows), interpolation=cv2.INTER_AREA)
+
+
 def sharpness(grey: np.ndarray, mask: np.ndarray) -> float:
-    """Variance of the Laplacian inside the picture: fine detail, which blur removes first."""
-    lap = cv2.Laplacian(grey, cv2.CV_64F)
-    return float(lap[mask].var())
+    """The share of fine detail that one more pixel of blur would remove, in the sharpest tenth of
+    the picture's detailed tiles: about half in a sharp photograph, little in a blurred one, which
+    has no fine detail left to lose. It is a ratio, so a smooth subject (little detail, but crisp) is
+    not taken for a blurred one; tiles whose detail is too faint to tell from sensor and JPEG noise
+    are left out, and a picture with none is judged to have no sharp detail (0)."""
+    if min(grey.shape) < TILE_PX:
+        return 0.0
+    fine, soft = _gradient(grey), _gradient(cv2.GaussianBlur(grey, (0, 0), REBLUR_SIGMA))
+    if mask.all():  # most photographs: no surround to leave out
+        area = np.ones((grey.shape[0] // TILE_PX, grey.shape[1] // TILE_PX), np.float32)
+    else:
+        m = mask.astype(np.float32)
+        fine, soft, area = fine * m, soft * m, _tile_means(m, TILE_PX)
+    fine, soft = _tile_means(fine, TILE_PX), _tile_means(soft, TILE_PX)
+    floor = max(DETAIL_FLOOR, NOISE_MARGIN * NOISE_GRADIENT * noise_level(grey, mask))
+    detailed = (area >= 0.5) & (soft >= floor * area) & (fine > 0)
+    if not detailed.any():
+        return 0.0
+    kept = np.sort(soft[detailed] / fine[detailed])
+    sharpest = kept[:max(1, round(kept.size * SHARPEST_SHARE))]
+    return float(np.clip(1.0 - sharpest.mean(), 0.0, 1.0))
+
+
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_level(grey: np.ndarray, mask: np.ndarray) -> float:
+    """Standard deviation of the picture's noise, by Immerkaer's estimate (a kernel blind to smooth
+    shading; fine texture counts as noise too, which only raises the bar for a tile to count)."""
+    response = cv2.absdiff(cv2.filter2D(grey, -1, _NOISE_KERNEL), 0.0)
+    inner = cv2.erode(mask.view(np.uint8), np.ones((3, 3), np.uint8))  # whole 3 x 3 neighbourhoods
+    if not inner.any():
+        return 0.0
+    return float(np.sqrt(np.pi / 2) / 6 * cv2.mean(response, inner)[0])
 
 
 def flat_colour_share(rgb: np.ndarray) -> float:
     """Share of the frame in the few commonest exact colours: high for documents, screenshots and
-    blank frames, tiny for photographs, whose sensor noise makes neighbouring pixels differ. Black is
-    left out, since a dermatoscope's vignette is legitimately one flat colour."""
-    lit = _brightest_channel(rgb) >= NEAR_BLACK
+    blank frames, tiny for photographs, whose sensor noise makes neighbouring pixels differ. Dark and
+    blown-out pixels are left out (a dermatoscope's vignette is legitimately one flat colour)."""
+    brightest = _brightest_channel(rgb)
+    lit = (brightest >= COLOUR_MIN_VALUE) & (brightest < CHANNEL_MAX)
     # Each pixel as one 32-bit number (its RGB bytes plus a constant alpha), so colours compare as
     # integers; OpenCV builds it in one pass, NumPy's shifts and ors would take ten times as long.
     packed = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)).view(np.uint32)[..., 0]
-    return float(_largest_counts_sum(packed[lit], FLAT_COLOURS) / packed.size)
+    return float(_commonest_count(packed[lit], FLAT_COLOURS) / packed.size)
 
 
-_HASH_BITS = 18  # buckets for counting colours: about as many as a working copy has pixels
-
-
-def _largest_counts_sum(values: np.ndarray, k: int) -> int:
-    """How many of `values` are one of the k commonest, exactly, without sorting them all.
-
-    Sorting every pixel's colour was the quality gate's largest cost after the working copy. Colours
-    are hashed into buckets and counted in one pass instead. A colour's count is at most its bucket's,
-    so once the colours of the k fullest buckets are counted exactly, the k-th largest of those counts
-    is a floor: only buckets holding at least that many can hold one of the k commonest colours, and
-    only their colours are sorted (in a photograph, a few per cent of them).
-    """
+def _commonest_count(values: np.ndarray, k: int) -> int:
+    """How many of `values` are one of the k commonest: sorted, equal values form runs, the k longest
+    runs are summed (the colour view is small enough that sorting it is the cheapest way)."""
     if values.size == 0:
         return 0
-    buckets = (values * np.uint32(0x9E3779B1)) >> np.uint32(32 - _HASH_BITS)  # Fibonacci hashing
-    sizes = np.bincount(buckets, minlength=1 << _HASH_BITS)
-    bucket_size = sizes[buckets]
-    floor = _kth_largest(_counts(values[bucket_size >= _kth_largest(sizes, k)]), k)
-    return int(np.sort(_counts(values[bucket_size >= floor]))[-k:].sum())
-
-
-def _counts(values: np.ndarray) -> np.ndarray:
-    return np.unique(values, return_counts=True)[1]
-
-
-def _kth_largest(counts: np.ndarray, k: int) -> int:
-    """The k-th largest of some counts, 0 if there are fewer than k. Counted, not sorted: partial
-    sorts slow to a crawl on the many equal sizes of mostly empty buckets."""
-    if counts.size < k:
-        return 0
-    at_least = np.cumsum(np.bincount(counts)[::-1])[::-1]  # at_least[v]: how many counts are v or more
-    return int(np.flatnonzero(at_least >= k)[-1])
+    ordered = np.sort(values, axis=None)
+    ends = np.flatnonzero(ordered[1:] != ordered[:-1])
+    runs = np.diff(np.concatenate(([-1], ends, [ordered.size - 1])))
+    return int(np.sort(runs)[-k:].sum())
 
 
 def _brightest_channel(rgb: np.ndarray) -> np.ndarray:
@@ -214,36 +319,57 @@ def _brightest_channel(rgb: np.ndarray) -> np.ndarray:
 
 
 def colourless_share(rgb: np.ndarray) -> float:
-    """Share of the frame that is grey, white or black-on-white: skin, of any tone, always has hue.
-    Dark pixels are not counted (shadows and black drapes carry no reliable colour)."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    grey = (hsv[..., 1] < GREY_SATURATION) & (hsv[..., 2] >= COLOUR_MIN_VALUE)
-    return float(grey.mean())
+    """Share of the pixels whose colour can be seen that have none (grey, white paper, black print):
+    skin of any tone always has hue. Shadows, a dermatoscope's dark surround and blown-out white are
+    not counted either way; if too little is left (a frame mostly dark or blown out), colour is not
+    judged (0)."""
+    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    brightest = _brightest_channel(rgb)
+    seen = (brightest >= COLOUR_MIN_VALUE) & (brightest < CHANNEL_MAX)
+    n = int(seen.sum())
+    if n < MIN_COLOUR_SHARE * seen.size:
+        return 0.0
+    return float(((saturation < GREY_SATURATION) & seen).sum() / n)
+
+
+def relative_contrast(grey: np.ndarray, mask: np.ndarray) -> float:
+    """Standard deviation of the grey levels inside the picture over their mean: a washed-out, foggy or
+    blank frame has little, a dark one as much as a bright one. Clipped black and white are left out
+    (the clipping checks report them); a picture with almost nothing else has none (0)."""
+    exposed = (mask & (grey > BLACK_LEVEL) & (grey < WHITE_LEVEL)).view(np.uint8)
+    n = cv2.countNonZero(exposed)
+    if n < max(2, MIN_EXPOSED_SHARE * np.count_nonzero(mask)):
+        return 0.0
+    mean, std = cv2.meanStdDev(grey, mask=exposed)
+    return float(std[0, 0] / mean[0, 0])
 
 
 def text_edge_share(grey: np.ndarray, mask: np.ndarray) -> float:
     """Share of the picture on a hard step between neighbouring pixels, as at the strokes of print.
-    Skin, hairs included, has few such steps at this scale (real photographs: 0.2% at most)."""
-    g = grey.astype(np.int16)
-    step = np.zeros(g.shape, bool)
-    step[:, :-1] |= np.abs(np.diff(g, axis=1)) > TEXT_STEP
-    step[:-1] |= np.abs(np.diff(g, axis=0)) > TEXT_STEP
+    Skin, hairs included, has few such steps at this scale."""
+    step = np.zeros(grey.shape, bool)
+    step[:, :-1] |= np.abs(np.diff(grey, axis=1)) > TEXT_STEP
+    step[:-1] |= np.abs(np.diff(grey, axis=0)) > TEXT_STEP
     return float((step & mask).sum() / max(1, mask.sum()))
 
 
-def measure(rgb: np.ndarray) -> Measurements:
+def measure(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> Measurements:
+    """Every measured value. `original_size` is the photograph's own (width, height) when `rgb` is a
+    reduced decode of it; only the size check uses it."""
     h, w = rgb.shape[:2]
-    small, grey = working_grey(rgb)
+    width, height = original_size if original_size is not None else (w, h)
+    view = working_view(rgb)
+    grey = view.grey
     mask = picture_mask(grey)
     return Measurements(
-        width=w, height=h,
+        width=int(width), height=int(height),
         sharpness=sharpness(grey, mask),
         brightness=float(grey.mean()),
-        contrast=float(grey[mask].std()),
-        clipped_dark=float((grey <= BLACK_LEVEL).mean()),
-        clipped_bright=float((grey >= WHITE_LEVEL).mean()),
-        flat_colour=flat_colour_share(small),
-        colourless=colourless_share(small),
+        contrast=relative_contrast(grey, mask),
+        clipped_dark=float(np.count_nonzero(grey <= BLACK_LEVEL) / grey.size),
+        clipped_bright=float(np.count_nonzero(grey >= WHITE_LEVEL) / grey.size),
+        flat_colour=flat_colour_share(view.colour),
+        colourless=colourless_share(view.colour),
         text_edges=text_edge_share(grey, mask),
     )
 
@@ -255,7 +381,7 @@ def _number(v: float) -> str:
 
 
 def _share(v: float) -> str:
-    return f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.1%}"
+    return f"{v:.0%}" if v >= 0.1 or v == 0 else f"{v:.1%}"
 
 
 def _pixels(v: float) -> str:
@@ -272,38 +398,38 @@ def _judge(name: str, value: float, limit: float, at_least: bool, margin: float,
     if not passed:
         message = bad
     elif marginal:
-        message = (f"{label[0].upper()}{label[1:]} is {fmt(value)}, only just "
-                   f"{'above' if at_least else 'below'} the {bound} of {fmt(limit)}.")
+        where = "exactly at" if value == limit else "only just above" if at_least else "only just below"
+        message = f"{label[0].upper()}{label[1:]} is {fmt(value)}, {where} the {bound} of {fmt(limit)}."
     else:
         message = f"{label[0].upper()}{label[1:]} is {fmt(value)} ({bound} {fmt(limit)})."
     return Check(name, round(float(value), 4), limit, passed, marginal, message, "min" if at_least else "max")
 
 
-def _sharpness_advice(m: Measurements, t: QualityThresholds) -> str:
-    found = f"sharpness {_number(m.sharpness)}, needs {_number(t.min_sharpness)}"
-    if max(m.width, m.height) < WORKING_SIDE:
-        return (f"The image shows too little fine detail ({found}): at {m.width} x {m.height} px it is "
-                f"smaller than the {WORKING_SIDE}-px working size; send the original full-size photograph.")
-    return f"The image is blurred ({found}); hold the camera still and focus on the lesion."
+EXPOSURE_CHECKS = ("brightness_min", "brightness_max", "clipped_dark", "clipped_bright")
+# Contrast and sharpness are measured on the picture's pixels; in a frame too dark or blown out they
+# would fail for the exposure's sake and send the person after the wrong fault.
+EXPOSURE_DEPENDENT = ("contrast", "sharpness")
 
 
 def judge(m: Measurements, t: QualityThresholds) -> list[Check]:
     """Every check, in the order a person should read the failures: size, whether it is a photograph of
-    skin at all, then how it was taken."""
+    skin at all, then how it was taken. While the exposure is wrong, contrast and sharpness are not
+    held against the photograph (it fails all the same): the advice is to fix the light first."""
     k = t.marginal_margin
-    return [
-        _judge("resolution", min(m.width, m.height), t.min_side_px, True, k, _pixels, "the shorter side",
+    checks = [
+        # The network reads 224 px: a photograph that has them is not "only just" big enough.
+        _judge("resolution", min(m.width, m.height), t.min_side_px, True, 0.0, _pixels, "the shorter side",
                f"The image is too small ({m.width} x {m.height} px); the shorter side must be at least "
-               f"{t.min_side_px} px."),
+               f"{t.min_side_px} px: send the original photograph, not a thumbnail or a cut-out."),
         _judge("flat_colour", m.flat_colour, t.max_flat_colour_share, False, k, _share,
                "the share of flat colour",
                f"{_share(m.flat_colour)} of the image is a few flat colours (at most "
                f"{_share(t.max_flat_colour_share)}), which a photograph of skin never is: it looks like a "
-               "document, a screenshot, a blank frame or a badly exposed picture."),
+               "document, a screenshot or a blank frame; send a photograph of the skin."),
         _judge("colourless", m.colourless, t.max_colourless_share, False, k, _share,
                "the share without colour",
                f"{_share(m.colourless)} of the image has no colour (at most {_share(t.max_colourless_share)}): "
-               "it looks like a document, a screenshot, a black-and-white or a blown-out picture; "
+               "it looks like a document, a screenshot or a black-and-white picture; "
                "send a colour photograph of the skin."),
         _judge("text_edges", m.text_edges, t.max_text_edge_share, False, k, _share,
                "the share of hard, print-like edges",
@@ -323,13 +449,27 @@ def judge(m: Measurements, t: QualityThresholds) -> list[Check]:
                "the share of blown-out white",
                f"{_share(m.clipped_bright)} of the image is blown out to white (at most "
                f"{_share(t.max_clipped_bright)}); avoid glare and direct flash."),
-        _judge("contrast", m.contrast, t.min_contrast, True, k, _number, "the contrast",
-               f"The image is almost uniform (contrast {_number(m.contrast)}, needs {_number(t.min_contrast)}): "
-               "it is washed out, blank, or does not show the skin."),
-        _judge("sharpness", m.sharpness, t.min_sharpness, True, k, _number,
-               f"the sharpness at {WORKING_SIDE} px", _sharpness_advice(m, t)),
+        _judge("contrast", m.contrast, t.min_relative_contrast, True, k, _share, "the contrast",
+               f"The image is almost uniform (contrast {_share(m.contrast)}, needs "
+               f"{_share(t.min_relative_contrast)}): it is washed out or foggy, or does not show the skin; "
+               "clean the lens and take it again."),
+        _judge("sharpness", m.sharpness, t.min_sharpness_share, True, k, _share, "the sharpness",
+               f"The image is blurred: it shows too little fine detail at the size the network reads "
+               f"(sharpness {_share(m.sharpness)}, needs {_share(t.min_sharpness_share)}); hold the camera "
+               "still, focus on the lesion and take it again."),
     ]
+    if any(not c.passed for c in checks if c.name in EXPOSURE_CHECKS):
+        checks = [_not_judged(c) if c.name in EXPOSURE_DEPENDENT and not c.passed else c for c in checks]
+    return checks
 
 
-def assess_quality(rgb: np.ndarray, thresholds: QualityThresholds) -> QualityReport:
-    return QualityReport(judge(measure(rgb), thresholds))
+def _not_judged(c: Check) -> Check:
+    return Check(c.name, c.value, c.threshold, True, False,
+                 "Not judged while the exposure is wrong; fix the light first.", c.bound)
+
+
+def assess_quality(rgb: np.ndarray, thresholds: QualityThresholds,
+                   original_size: tuple[int, int] | None = None) -> QualityReport:
+    """Judge one photograph. `rgb` may be a reduced decode (shorter side at least GATE_MIN_SIDE, see
+    `decode_size`); then `original_size` is the photograph's own (width, height), for the size check."""
+    return QualityReport(judge(measure(rgb, original_size), thresholds))

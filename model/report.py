@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from triage.catalogue import BY_SLUG, DISCLAIMER, UNTRAINED_WARNING
+from triage.catalogue import BY_SLUG, DISCLAIMER, MALIGNANT_SLUGS, UNTRAINED_WARNING
 
 
 def _pct(value: float | None) -> str:
@@ -75,7 +75,8 @@ def write_report(path: Path, results: dict) -> Path:
 
     lines += ["## What the triage policy does with these images", "",
               "The worker's risk policy (thresholds: " + ", ".join(f"{k} {v}" for k, v in triage["thresholds"].items())
-              + ") applied to the calibrated probabilities. A malignant lesion (melanoma or BCC) should come out "
+              + ") applied to the calibrated probabilities. A malignant lesion ("
+              + ", ".join(_name(slug) for slug in MALIGNANT_SLUGS if slug in m["per_class"]) + ") should come out "
               "**urgent**; one that comes out routine is the miss that matters.", ""]
     lines += _table(["measure", "value"], [
         ["Malignant images", triage["malignant_images"]],

@@ -187,3 +187,62 @@ def screenshot(width: int = 1280, height: int = 800) -> np.ndarray:
 
 def blank(width: int = 640, height: int = 480, colour=(128, 128, 128)) -> np.ndarray:
     return np.full((height, width, 3), colour, np.uint8)
+
+
+# The degradations the quality gate is held to (issue 15), in proportion to the picture's size.
+def blurred_by_size(rgb: np.ndarray, fraction: float = 0.01) -> np.ndarray:
+    """Gaussian blur of sigma `fraction` x the longer side: the same softness at every size."""
+    return cv2.GaussianBlur(rgb, (0, 0), fraction * max(rgb.shape[:2]))
+
+
+def blown_out(rgb: np.ndarray, gain: float = 2.5, offset: float = 90.0) -> np.ndarray:
+    """Overexposed the way a flash too close does it: everything but the darkest parts clipped."""
+    return np.clip(rgb.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+
+
+def shrunk_to_shorter(rgb: np.ndarray, side: int = 224) -> np.ndarray:
+    """Area-averaged to a shorter side of `side` px (a smaller picture is returned as it is)."""
+    h, w = rgb.shape[:2]
+    scale = side / min(h, w)
+    if scale >= 1:
+        return rgb
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def smooth_nevus(seed: int = 0, width: int = 640, height: int = 480) -> np.ndarray:
+    """A dermoscopic view of a smooth nevus, sharp but with little detail: a large brown lesion with a
+    soft rim and a faint pigment network on even skin, no hairs, sensor noise, in a dermatoscope's
+    black circle. Blur is not what makes it plain: its subject is."""
+    rng = np.random.RandomState(seed)
+    unit = max(width, height) / SCENE_SIDE
+    yy, xx = (axis.astype(np.float32) for axis in np.ogrid[0:height, 0:width])
+    cy, cx = height * rng.uniform(0.4, 0.6), width * rng.uniform(0.4, 0.6)
+    r = min(height, width) * rng.uniform(0.25, 0.32)
+    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r
+    lesion = np.clip((1.15 - dist) / 0.3, 0, 1)  # a rim over about a third of the radius: soft by nature
+    noise = np.random.default_rng(seed)
+    # A faint network of pigment: a fine grid of dots, a few grey levels deep, only inside the lesion.
+    network = _at_scene_scale(lambda h, w: _texture(noise, h, w, 1.0, 3.0), width, height, unit)
+    skin = np.array([210, 170, 150], np.float32)
+    brown = np.array([150, 100, 75], np.float32) + rng.uniform(-10, 10, 3).astype(np.float32)
+    channels = []
+    for c in range(3):
+        plane = skin[c] * (1 - lesion) + (brown[c] + network) * lesion
+        plane += noise.standard_normal((height, width), np.float32) * SENSOR_NOISE
+        channels.append(np.clip(plane, 0, 255).astype(np.uint8))
+    return vignette(np.dstack(channels))
+
+
+def veiled_nevus(seed: int = 0, width: int = 640, height: int = 480, surround=(58, 58, 60),
+                 veil=(112, 122, 138), field: float = 0.4) -> np.ndarray:
+    """`smooth_nevus` with a blue-grey veil over its middle, seen through a small dermatoscope field:
+    a dark grey (not black) surround covers about half the frame. Little saturation, much darkness,
+    and still a colour photograph of skin."""
+    rgb = smooth_nevus(seed, width, height).astype(np.float32)
+    yy, xx = np.ogrid[0:height, 0:width]
+    inside = np.sqrt((yy - height / 2) ** 2 + (xx - width / 2) ** 2) <= field * min(height, width)
+    blob = ((yy - height * 0.5) / (0.2 * height)) ** 2 + ((xx - width * 0.48) / (0.18 * width)) ** 2 <= 1
+    noise = np.random.default_rng(seed).standard_normal((height, width, 1)).astype(np.float32) * SENSOR_NOISE
+    rgb[blob] = np.array(veil, np.float32) + noise[blob]
+    rgb[~inside] = np.array(surround, np.float32) + noise[~inside]
+    return np.clip(rgb, 0, 255).astype(np.uint8)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from triage.catalogue import BY_SLUG, REFERENCE_LABEL_ORDER
 
-from .preprocess import INPUT_SIZE, PREPROCESSING, SCALINGS, InputSpec
+from .preprocess import DECODINGS, INPUT_SIZE, PREPROCESSING, SCALINGS, InputSpec
 
 
 def card_path(weights: Path) -> Path:
@@ -38,6 +38,7 @@ class ModelCard:
     architecture: str = "resnet152"
     input_size: int = INPUT_SIZE
     preprocessing: str = PREPROCESSING
+    decoding: str = "full"  # "reduced": JPEGs decoded at a reduced DCT scale (model.preprocess.DECODINGS)
     temperature: float = 1.0
     notes: str = ""
     extra: dict = field(default_factory=dict)  # dataset summary, metrics, split hashes
@@ -50,12 +51,14 @@ class ModelCard:
             raise ValueError("model card repeats a class in its label order")
         if self.preprocessing not in SCALINGS:
             raise ValueError(f"unsupported preprocessing {self.preprocessing!r}; known: {', '.join(SCALINGS)}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"unsupported decoding {self.decoding!r}; known: {', '.join(DECODINGS)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.input_size, self.preprocessing)
+        return InputSpec(self.input_size, self.preprocessing, self.decoding)
 
     @property
     def model_version(self) -> str:

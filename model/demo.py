@@ -30,7 +30,7 @@ def build_demo_model(out: Path, backbone: str = "resnet152", seed: int = 0,
     tmp.replace(out)
     card = ModelCard(labels=list(labels), version=f"demo-{backbone}-untrained",
                      weights_sha256=file_sha256(out), trained=False, architecture=backbone,
-                     preprocessing=BACKBONES[backbone].scaling,
+                     preprocessing=BACKBONES[backbone].scaling, decoding="reduced",
                      notes="Random weights: outputs are meaningless. Built for demonstration and testing.")
     card.save(out)
     return card

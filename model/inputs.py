@@ -1,8 +1,8 @@
 """The tf.data input pipeline for training and evaluation.
 
-Pixels reach the network through exactly the functions the worker uses: `triage.imaging.decode_rgb`
-(EXIF orientation, CMYK, 16-bit) and `model.preprocess.InputSpec.tensor` (squash to the input size,
-then the backbone's input scaling). They run inside `tf.numpy_function`, in parallel, with prefetching, so a model
+Pixels reach the network through exactly the functions the worker uses: `InputSpec.read` (the card's
+decoding: EXIF orientation, CMYK, 16-bit, and for "reduced" a JPEG decoded at a reduced DCT scale) and
+`InputSpec.tensor` (squash to the input size, then the backbone's input scaling). They run inside `tf.numpy_function`, in parallel, with prefetching, so a model
 is never trained on pixels prepared differently from those it will see in the clinic.
 """
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from triage.imaging import decode_rgb
 
 from .preprocess import InputSpec
 
@@ -23,7 +21,7 @@ ZOOM = 0.15
 
 def read_network_input(path: str | Path, spec: InputSpec) -> np.ndarray:
     with open(path, "rb") as fh:
-        return spec.tensor(decode_rgb(fh.read()))
+        return spec.tensor(spec.read(fh.read())[0])
 
 
 def image_dataset(paths: list[Path], labels: list[int], spec: InputSpec, batch_size: int, *,

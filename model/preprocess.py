@@ -82,11 +82,27 @@ def unscale_input(network_input: np.ndarray, scaling: str = PREPROCESSING) -> np
     raise ValueError(f"unknown input scaling {scaling!r}; known: {', '.join(SCALINGS)}")
 
 
+# How stored bytes become pixels: "full" decodes every pixel (how the reference was trained, so the
+# default of a card that names none); "reduced" lets libjpeg decode a JPEG at the smallest DCT scale
+# that keeps the shorter side at DECODE_MIN_SIDE or the network's input size, whichever is larger
+# (the quality gate judges at 224 px), as models trained here are. A model is served what it was trained on.
+DECODINGS = ("full", "reduced")
+DECODE_MIN_SIDE = 224
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model is fed: its square input size and its backbone's scaling (both from its card)."""
+    """What a model is fed: its square input size, its backbone's scaling and how its photographs are
+    decoded (all from its card)."""
     size: int = INPUT_SIZE
     scaling: str = PREPROCESSING
+    decoding: str = "full"
+
+    def read(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """Stored bytes -> (upright RGB as this model is fed it, the photograph's own size)."""
+        from triage.imaging import decode_reduced
+
+        return decode_reduced(data, max(self.size, DECODE_MIN_SIDE) if self.decoding == "reduced" else 0)
 
     def tensor(self, rgb: np.ndarray) -> np.ndarray:
         return preprocess_rgb(rgb, self.size, self.scaling)

@@ -7,7 +7,7 @@ Measurements are taken on a small working view whose shorter side is WORKING_SID
 the network reads, made by averaging (never by enlarging: a photograph smaller than that is judged as
 it is, and its size check fails). A 4000-px phone photo, a 600-px dermatoscope image and a 224-px
 export of either are judged at the same scale, and a decode already reduced by the JPEG decoder (a
-power-of-two DCT scale, see `decode_size`) gives the same values as a full decode. Only the size check
+power-of-two DCT scale, `triage.imaging.decode_reduced`) gives the same values as a full decode. Only the size check
 uses the photograph's own size, which the caller passes when it hands over a reduced copy.
 
 Sharpness is judged by how much fine detail the sharpest parts of the picture hold, relative to their
@@ -155,17 +155,6 @@ class Measurements:
 
 
 # ---------------------------------------------------------------- the working view
-
-def decode_size(width: int, height: int) -> tuple[int, int]:
-    """The smallest (width, height) a reduced decode of a width x height photograph may have for the
-    gate: shorter side GATE_MIN_SIDE, or the photograph's own size if it is smaller. Suitable for
-    Pillow's `Image.draft("RGB", size)`, which keeps at least this size."""
-    short = min(width, height)
-    if short <= GATE_MIN_SIDE:
-        return width, height
-    scale = GATE_MIN_SIDE / short
-    return max(GATE_MIN_SIDE, ceil(width * scale - 1e-9)), max(GATE_MIN_SIDE, ceil(height * scale - 1e-9))
-
 
 @dataclass(frozen=True)
 class View:
@@ -471,5 +460,5 @@ def _not_judged(c: Check) -> Check:
 def assess_quality(rgb: np.ndarray, thresholds: QualityThresholds,
                    original_size: tuple[int, int] | None = None) -> QualityReport:
     """Judge one photograph. `rgb` may be a reduced decode (shorter side at least GATE_MIN_SIDE, see
-    `decode_size`); then `original_size` is the photograph's own (width, height), for the size check."""
+    `triage.imaging.decode_reduced`); then `original_size` is the photograph's own (width, height), for the size check."""
     return QualityReport(judge(measure(rgb, original_size), thresholds))

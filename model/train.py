@@ -57,7 +57,7 @@ MIN_CALIBRATION_IMAGES = 50
 PLATEAU = {"monitor": "val_loss", "factor": 0.2, "patience": 2, "min_lr": 1e-6}
 # Settings that define a run: resuming with any of them changed would splice two different runs.
 IDENTITY = ("backbone", "backbone_weights_sha256", "seed", "batch_size", "learning_rate", "input_size",
-            "augment", "mixed_precision", "near_duplicate_bits", "labels", "split_sha256", "recipe", "views",
+            "augment", "mixed_precision", "near_duplicate_bits", "labels", "split_sha256", "recipe", "views", "decoding",
             "head_epochs", "fine_tune_learning_rate")
 
 
@@ -80,6 +80,7 @@ class TrainOptions:
     augment: bool = False
     mixed_precision: bool = False
     near_duplicate_bits: int = NEAR_DUPLICATE_BITS
+    decoding: str = "reduced"  # how photographs become pixels; the card records it and the worker follows
     views: int = TAIL_VIEWS  # tail recipe: cached views of each training photograph (1 plain + augmented)
     head_epochs: int = HEAD_EPOCHS  # tail recipe: epochs of the head alone before the tail's blocks join
     fine_tune_learning_rate: float = FINE_TUNE_LEARNING_RATE
@@ -108,7 +109,7 @@ class TrainOptions:
     def input_spec(self) -> InputSpec:
         from .network import backbone_info
 
-        return InputSpec(self.input_size, backbone_info(self.backbone).scaling)
+        return InputSpec(self.input_size, backbone_info(self.backbone).scaling, self.decoding)
 
 
 @dataclass
@@ -418,6 +419,7 @@ def _best_model_and_card(options, folder: LabelledFolder, split: Split, val_rows
     card = ModelCard(labels=list(folder.labels), version=options.version or options.run_dir.name,
                      weights_sha256="", trained=True, architecture=options.backbone,
                      input_size=options.input_size, preprocessing=options.input_spec.scaling,
+                     decoding=options.decoding,
                      temperature=temperature,
                      notes=(f"Trained by model.train from {weights_note} on {dataset_summary['per_split']['train']} "
                             f"images; epoch {state.best_epoch} of {state.epochs_done} (lowest validation loss). "
@@ -458,6 +460,7 @@ def _run_config(options: TrainOptions, folder: LabelledFolder, backbone_weights:
         "mixed_precision": options.mixed_precision,
         "near_duplicate_bits": options.near_duplicate_bits,
         "recipe": options.recipe,
+        "decoding": options.decoding,
         "views": options.views if options.recipe == "tail" else None,
         "head_epochs": options.head_epochs if options.recipe == "tail" else None,
         "fine_tune_learning_rate": options.fine_tune_learning_rate if options.recipe == "tail" else None,

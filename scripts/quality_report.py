@@ -11,7 +11,7 @@ closest to its threshold and the degraded copy closest to passing it. Thresholds
 settings, so DERMATRIAGE_* variables can be tried out here before they are deployed.
 
 The gate sees each file as the worker will hand it over: decoded at reduced scale by the JPEG
-decoder (`decode_size`), with the photograph's own size passed for the size check. The cost is
+decoder (`triage.imaging.decode_reduced`), with the photograph's own size passed for the size check. The cost is
 measured on that reduced copy (and, for comparison, on the full decode): CPU time of one thread, with
 OpenCV held to one thread.
 
@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, Measurements, QualityReport, QualityThresholds, decode_size,
+from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, Measurements, QualityReport, QualityThresholds,
                            judge, measure)
 from tests.imagegen import blown_out, blurred_by_size, darkened, encode, shrunk, shrunk_to_shorter
-from triage.imaging import decode_rgb
+from triage.imaging import decode_reduced, decode_rgb
 from triage.settings import Settings
 
 CALIBRATION_ENV = "DERMATRIAGE_CALIBRATION_DIR"
@@ -114,11 +114,7 @@ def load(path: Path) -> np.ndarray:
 def reduced_decode(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
     """What the worker hands the gate: the JPEG decoded at the smallest DCT scale that keeps the
     gate's minimum size (other formats in full), and the photograph's own (width, height)."""
-    image = Image.open(io.BytesIO(data))
-    size = image.size
-    if image.format == "JPEG":
-        image.draft("RGB", decode_size(*size))
-    return np.asarray(image.convert("RGB")), size
+    return decode_reduced(data, GATE_MIN_SIDE)
 
 
 def at_size(rgb: np.ndarray, size: str) -> np.ndarray:

@@ -108,3 +108,58 @@ def test_preprocess_and_quality_never_import_tensorflow():
     code = "import model.preprocess, model.quality, sys; assert 'tensorflow' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- decoding as the card says: full, or a JPEG at a reduced DCT scale ------------------------------
+
+def _jpeg_with_orientation(width: int, height: int, orientation: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(skin_photo(seed=3, width=width, height=height)).save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+def test_a_reduced_decode_keeps_the_shorter_side_at_224_and_reports_the_own_size():
+    from triage.imaging import decode_reduced
+
+    data = _jpeg_with_orientation(4000, 3000, 1)
+    rgb, own = decode_reduced(data, 224)
+    assert rgb.shape == (375, 500, 3) and own == (4000, 3000)  # 1/8 is the smallest scale above 224
+    full, own_full = decode_reduced(data)
+    assert full.shape == (3000, 4000, 3) and own_full == own
+    # The reduced picture is the full one, smaller: compared at one size, they agree closely.
+    import cv2
+
+    assert np.abs(cv2.resize(full, (500, 375), interpolation=cv2.INTER_AREA).astype(int) - rgb).mean() < 3
+    turned, own_turned = decode_reduced(_jpeg_with_orientation(4000, 3000, 6), 224)
+    assert turned.shape == (500, 375, 3) and own_turned == (3000, 4000)  # upright, both of them
+    small, own_small = decode_reduced(_jpeg_with_orientation(300, 240, 1), 224)
+    assert small.shape == (240, 300, 3) and own_small == (300, 240)  # no scale keeps 224: whole
+
+
+def test_the_worker_and_training_read_a_photograph_identically(tmp_path):
+    from model.card import ModelCard
+    from model.inputs import read_network_input
+    from model.preprocess import InputSpec
+    from model.quality import QualityThresholds
+    from triage.store import ImageStore
+    from worker.claims import Claimed
+    from worker.pipeline import prepare
+
+    data = _jpeg_with_orientation(2400, 1800, 1)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    store = ImageStore(tmp_path / "store")
+    claimed = Claimed(1, store.put(data)[0], 1)
+    for decoding in ("full", "reduced"):
+        spec = InputSpec(224, "efficientnet_lite", decoding)
+        served = prepare(claimed, store, QualityThresholds(), spec).tensor
+        np.testing.assert_array_equal(served, read_network_input(path, spec))
+    assert ModelCard(labels=["melanoma"], version="v", weights_sha256="0", trained=False).decoding == "full"
+    with pytest.raises(ValueError, match="decoding"):
+        ModelCard(labels=["melanoma"], version="v", weights_sha256="0", trained=False, decoding="half")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, QualityThresholds, assess_quality, decode_size, measure,
+from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, QualityThresholds, assess_quality, measure,
                            working_view)
 from tests import imagegen
-from triage.imaging import decode_rgb
+from triage.imaging import decode_reduced, decode_rgb
 from triage.settings import Settings
 
 DEFAULTS = QualityThresholds()
@@ -281,19 +281,7 @@ def test_the_dermatoscope_surround_neither_fails_nor_flatters_the_photo():
 # ---------------------------------------------------------------- a reduced decode, as the worker makes it
 
 def _reduced(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-    image = Image.open(io.BytesIO(data))
-    size = image.size
-    image.draft("RGB", decode_size(*size))
-    return np.asarray(image.convert("RGB")), size
-
-
-@pytest.mark.parametrize("width, height, expected", [
-    (4000, 3000, (299, 224)), (3000, 4000, (224, 299)), (600, 450, (299, 224)), (1000, 1000, (224, 224)),
-    (224, 224, (224, 224)), (300, 200, (300, 200)), (160, 120, (160, 120)),
-])
-def test_decode_size_keeps_the_shorter_side_the_gate_needs(width, height, expected):
-    assert decode_size(width, height) == expected
-    assert min(decode_size(width, height)) == min(GATE_MIN_SIDE, width, height)
+    return decode_reduced(data, GATE_MIN_SIDE)
 
 
 @pytest.mark.parametrize("width, height", [(2304, 1728), (4000, 3000), (1024, 768), (600, 450), (500, 500)])

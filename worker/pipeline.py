@@ -12,7 +12,6 @@ from sqlalchemy import JSON, bindparam, case, update
 from model.preprocess import InputSpec
 from model.quality import QualityThresholds, assess_quality
 from triage.db import Database, insert_ignoring_conflicts
-from triage.imaging import decode_rgb
 from triage.notifications import announce_urgent
 from triage.reviews import open_cases
 from triage.risk import RiskThresholds, assess, reshoot_assessment
@@ -21,8 +20,7 @@ from triage.settings import Settings
 from triage.store import ImageStore
 
 from .claims import Claimed
-from .near_duplicates import find_near_duplicates
-from .near_duplicates import preload as preload_near_duplicates
+from .near_duplicates import find_near_duplicates, preload as preload_near_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +64,14 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec
     out = Outcome(item.id, ImageStatus.FAILED)
     start = time.perf_counter()
     try:
-        rgb = decode_rgb(store.get(item.store_key))
+        # One working copy for the gate and the network, decoded as the model was trained (its card).
+        rgb, own_size = spec.read(store.get(item.store_key))
     except Exception as exc:  # a stored file that no longer decodes is this image's failure only
         out.error = f"The stored image could not be decoded ({type(exc).__name__}: {exc})."
         return Prepared(out)
     out.timings["decode_ms"] = elapsed_ms(start)
     start = time.perf_counter()
-    report = assess_quality(rgb, quality_t)
+    report = assess_quality(rgb, quality_t, original_size=own_size)
     out.timings["quality_ms"] = elapsed_ms(start)
     quality = report.as_dict()
     if not report.passed:

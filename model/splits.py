@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from triage.imaging import decode_rgb
-from triage.phash import perceptual_hash
+from triage.phash import bit_blocks, perceptual_hash, popcount
 
 from .dataset import LabelledFolder, scan_labelled_folder
 
@@ -187,7 +187,7 @@ def near_duplicate_groups(hashes: list[str], max_distance: int) -> list[int]:
     unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     for i, u in enumerate(inverse.ravel()):
         union(int(first[u]), i)
-    for block in _bit_blocks(max_distance + 1):
+    for block in bit_blocks(max_distance + 1):
         keys = (unique >> np.uint64(block[0])) & np.uint64((1 << block[1]) - 1)
         order = np.argsort(keys, kind="stable")
         starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1], True])
@@ -221,14 +221,6 @@ def joined_by_key(groups: list[int], keys: list[str]) -> list[int]:
     return [first_of[find(group)] for group in groups]
 
 
-def _bit_blocks(count: int) -> list[tuple[int, int]]:
-    """(shift, width) of `count` contiguous blocks covering 64 bits (at most 64 blocks)."""
-    count = max(1, min(count, 64))
-    widths = [64 // count + (1 if i < 64 % count else 0) for i in range(count)]
-    shifts = np.cumsum([0, *widths[:-1]])
-    return [(int(s), w) for s, w in zip(shifts, widths)]
-
-
 def _close_pairs(values: np.ndarray, max_distance: int, rows: int = 1024):
     for start in range(0, len(values), rows):
         chunk = values[start:start + rows]
@@ -236,16 +228,6 @@ def _close_pairs(values: np.ndarray, max_distance: int, rows: int = 1024):
         for a, b in zip(*np.nonzero(distance <= max_distance)):
             if start + a < b:
                 yield start + int(a), int(b)
-
-
-_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def popcount(values: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # NumPy 2
-        return np.bitwise_count(values)
-    as_bytes = values[..., None].view(np.uint8)
-    return _BYTE_BITS[as_bytes].sum(axis=-1)
 
 
 # --- stratified assignment of groups ------------------------------------------------------------

@@ -96,6 +96,13 @@ def walk(root: Path, extensions: tuple[str, ...], excludes: list[str]) -> tuple[
     return photos, dict(sorted(others.items()))
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # unreadable: it is reported all the same
+        return 0
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -264,6 +271,11 @@ class Portal:
             response = self.call("POST", f"/api/batches/{batch_id}/missing", json={"sha256": hashes[start:start + chunk]})
             found.update(_json_or_fatal(response)["present"]["sha256"])
         return found
+
+    def report_skipped(self, batch_id: int, files: list[dict], chunk: int) -> None:
+        """Tell the batch which files of the folder were left out and why, so whoever opens it sees them."""
+        for start in range(0, len(files), chunk):
+            _json_or_fatal(self.call("POST", f"/api/batches/{batch_id}/skipped", json={"files": files[start:start + chunk]}))
 
     def send(self, batch_id: int, files: list[tuple[LocalFile, bytes]]) -> requests.Response:
         parts = [("files", (f.rel, data, "application/octet-stream")) for f, data in files]
@@ -696,6 +708,9 @@ def upload(args: argparse.Namespace) -> int:
         raise Fatal(run.fatal)
     follow_copies(run, copies, others)
     state.save()
+    if others:
+        portal.report_skipped(run.batch_id, [{"name": rel, "size": _size(folder.parent / rel), "reason": reason}
+                                             for rel, reason in others.items()], limits["max_lookup"])
     print(summary(run, finished - upload_started))
     if args.report:
         args.report.write_text(json.dumps(report(run, started, upload_started, finished), indent=1))

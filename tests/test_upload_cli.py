@@ -118,6 +118,10 @@ def test_a_killed_upload_resumes_sending_only_what_is_missing(sqlite_stack, tmp_
     again = json.loads((tmp_path / "third.json").read_text())
     assert again["sent_files"] == 0 and again["counts"] == report["counts"]
     assert files_received(stack.db, batch_id) == {"accepted": 120, "duplicate": 0, "rejected": 1}
+    # What was left out is recorded with the batch, once, for whoever opens it.
+    left_out = [(f["name"], f["kind"]) for f in stack.client.get(f"/api/batches/{batch_id}").get_json()["rejected_files"]
+                if f["name"].endswith("notes.txt")]
+    assert left_out == [(f"{tree.name}/room 2/notes.txt", "skipped")]
 
 
 def test_transient_failures_are_retried_and_lost_answers_not_resent(sqlite_stack, tmp_path):

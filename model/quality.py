@@ -19,7 +19,6 @@ and shrunk to 224 px (scripts/quality_report.py prints the margins). No TensorFl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from math import ceil
 from typing import Callable
 
 import cv2

@@ -79,6 +79,15 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'dermatriage.db'}"
 
 
+@pytest.fixture
+def db(database_url):
+    """A migrated database of each kind, without the web app or workers of a Stack."""
+    upgrade(database_url)
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
 @dataclass
 class Stack:
     """One system under test: settings, a migrated database, the web app, workers started on demand.

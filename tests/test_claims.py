@@ -1,25 +1,13 @@
 """SQL claims: who works on what, attempt counting, release, and what the reconciler finds."""
 from __future__ import annotations
 
-import numpy as np
-
 from datetime import timedelta
 
-import pytest
+import numpy as np
 from sqlalchemy import update
 
-from triage.db import Database
-from triage.migrate import upgrade
 from triage.schema import Batch, Image, ImageStatus, utcnow
 from worker import claims
-
-
-@pytest.fixture
-def db(database_url):
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
 
 
 def add_images(db, n: int, status=ImageStatus.QUEUED) -> list[int]:

@@ -29,14 +29,6 @@ _serial = itertools.count()
 
 
 @pytest.fixture
-def db(database_url):
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def pg_db(pg_server_url):
     url = create_pg_database(pg_server_url)
     upgrade(url)

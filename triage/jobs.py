@@ -58,19 +58,19 @@ def notification_queue(settings: Settings) -> str:
 
 def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:
     """Send one job per image. Call only after the rows are committed."""
-    ids = list(image_ids)
-    if not ids:
-        return
-    with app.producer_or_acquire() as producer:
-        for image_id in ids:
-            app.send_task(ANALYSE_TASK, args=[image_id], producer=producer)
+    _send_each(app, ANALYSE_TASK, image_ids)
 
 
 def enqueue_notifications(app: Celery, notification_ids: Iterable[int]) -> None:
     """Send one delivery job per notification. Call only after the rows are committed."""
-    ids = list(notification_ids)
+    _send_each(app, NOTIFY_TASK, notification_ids)
+
+
+def _send_each(app: Celery, task: str, row_ids: Iterable[int]) -> None:
+    """One job per row id, all through one producer (one connection from the pool)."""
+    ids = list(row_ids)
     if not ids:
         return
     with app.producer_or_acquire() as producer:
-        for notification_id in ids:
-            app.send_task(NOTIFY_TASK, args=[notification_id], producer=producer)
+        for row_id in ids:
+            app.send_task(task, args=[row_id], producer=producer)

@@ -48,6 +48,18 @@ def cmd_ensure_model(_args) -> None:
     print(f"model: {s.model_path} ({card.model_version}, UNTRAINED)")
 
 
+def cmd_ensure_secret_key(_args) -> None:
+    """Make the portal's key file (random, owner-only) unless it exists; never prints the key."""
+    from triage.secret_key import ensure_secret_key, key_path
+
+    s = get_settings()
+    if s.secret_key:
+        print("secret key: DERMATRIAGE_SECRET_KEY (the key file is not used)")
+        return
+    ensure_secret_key(s)
+    print(f"secret key: {key_path(s)}")
+
+
 def cmd_reconcile(_args) -> None:
     from worker.tasks import reconcile
 
@@ -148,6 +160,15 @@ def cmd_revoke_token(args) -> None:
     print(f"token #{args.id} revoked")
 
 
+def _row_id(text: str) -> int:
+    from triage.ids import parse_id
+
+    found = parse_id(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a row id")
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dermatriage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         ("config-table", cmd_config_table, "print the configuration table in Markdown"),
         ("migrate", cmd_migrate, "upgrade the database to the newest schema"),
         ("ensure-model", cmd_ensure_model, "build the demo model if no model file exists"),
+        ("ensure-secret-key", cmd_ensure_secret_key, "make the portal's secret key file if there is none"),
         ("reconcile", cmd_reconcile, "re-enqueue images whose job was lost"),
         ("status", cmd_status, "database, Redis and queue health, images by status"),
     ):
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--name", default="command line", help="what the token is for")
     token.set_defaults(func=cmd_create_token)
     revoke = sub.add_parser("revoke-token", help="revoke an API token by its number")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=_row_id)
     revoke.set_defaults(func=cmd_revoke_token)
     for name, text in (("train", "train a model (python -m model.train --help)"),
                        ("evaluate", "evaluate a model (python -m model.evaluate --help)")):

@@ -8,6 +8,7 @@ eval "$("$VENV/bin/python" -m scripts.cli env)"  # resolved settings: REDIS_URL,
 ensure_redis "$REDIS_URL"
 "$VENV/bin/python" -m scripts.cli migrate
 "$VENV/bin/python" -m scripts.cli ensure-model
+"$VENV/bin/python" -m scripts.cli ensure-secret-key  # random, owner-only, under the data dir; reused
 if [ -z "${DERMATRIAGE_FLOWER_PASSWORD:-}" ]; then
     DERMATRIAGE_FLOWER_PASSWORD="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))')"
 fi
@@ -44,6 +45,7 @@ export DERMATRIAGE_WORKER_NAME="worker1@$(hostname)"
 export DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}"
 supervise "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
     --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO
+# Flower's /metrics and /healthcheck answer without its basic auth: it listens on this machine only.
 "$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \
     --basic-auth="$DERMATRIAGE_FLOWER_USER:$DERMATRIAGE_FLOWER_PASSWORD" --logging=warning &
 pids+=($!)

@@ -42,6 +42,62 @@ def csrf_token(client, path: str = "/") -> str:
     return found.group(1)
 
 
+def sign_in_over_http(base_url: str, username: str = "admin", password: str = PASSWORD):
+    """A `requests` session signed in through a running portal's sign-in form, as a browser is."""
+    import requests
+
+    browser = requests.Session()
+    answer = browser.post(base_url + "/login", allow_redirects=False, timeout=30, data={
+        "username": username, "password": password, "csrf_token": form_token(browser, base_url + "/login")})
+    assert answer.status_code == 302, f"sign-in as {username} failed: {answer.status_code}"
+    return browser
+
+
+def form_token(browser, url: str) -> str:
+    """The CSRF token a page's forms carry, for a `requests` session's own session."""
+    found = CSRF_FIELD.search(browser.get(url, timeout=30).text)
+    assert found, f"no CSRF token on {url}"
+    return found.group(1)
+
+
+def session_cookie_values(key: str, cookie: str) -> dict:
+    """The values in a portal session cookie when `key` signed it, else {}."""
+    from itsdangerous import BadSignature
+
+    try:
+        return cookie_serializer(key).loads(cookie)
+    except BadSignature:
+        return {}
+
+
+def cookie_serializer(key: str):
+    """What Flask signs and checks session cookies with, under `key`."""
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = Flask(__name__)
+    app.secret_key = key
+    return SecureCookieSessionInterface().get_signing_serializer(app)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses TCP sockets listen on at `port` on this machine (any process), from the
+    kernel's tables: `0.0.0.0` or `::` means every interface."""
+    import ipaddress
+
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # in 32-bit words, each in the machine's (little-endian) order
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -123,36 +124,54 @@ def _login_cookie(stack) -> str:
     return response.headers["Set-Cookie"]
 
 
-def test_failed_sign_ins_are_limited_per_address_and_per_username(make_stack, sqlite_url):
-    stack = make_stack(sqlite_url, login_rate_limit="3 per minute")
+def test_sign_in_limits_refuse_an_address_never_a_username(make_stack, sqlite_url):
+    """Issue 19: ten wrong passwords for a username from any addresses locked its owner out. Now an
+    address is refused (per address, and per username at that address), a username only slowed down."""
+    from web.login_limits import delay_after
+
+    stack = make_stack(sqlite_url, login_rate_limit="4 per minute", login_username_rate_limit="2 per minute",
+                       login_max_delay_s=0.6)
     stack.add_user("alice", Role.REVIEWER)
 
-    def attempt(username, password, address):
+    def attempt(username, password, address) -> tuple[int, float]:
         client = stack.app.test_client()
         client.environ_base["REMOTE_ADDR"] = address
-        return client.post("/login", data={"username": username, "password": password,
-                                           "csrf_token": csrf_token(client, "/login")}).status_code
+        token = csrf_token(client, "/login")
+        started = time.monotonic()
+        status = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+        return status.status_code, time.monotonic() - started
 
     # Successful sign-ins do not count.
-    assert [attempt("admin", PASSWORD, "10.0.0.1") for _ in range(4)] == [302] * 4
-    # Three failures from one address (for three usernames): the next attempt from there is refused,
-    # even with the right password.
-    assert [attempt(f"guess{i}", "wrong-password", "10.0.0.2") for i in range(3)] == [401] * 3
-    assert attempt("admin", PASSWORD, "10.0.0.2") == 429
-    # Three failures for one username from three addresses: that username is paused everywhere...
-    assert [attempt("alice", "wrong-password", f"10.0.1.{i}") for i in range(3)] == [401] * 3
-    assert attempt("alice", PASSWORD, "10.0.1.9") == 429
-    # ...while other users still sign in from other addresses.
-    assert attempt("admin", PASSWORD, "10.0.2.1") == 302
-    # Every attempt is in the audit log with its address, the failed ones with the name tried and never
-    # the password; the refused (429) ones were never checked, so they are not sign-in attempts.
+    assert [attempt("admin", PASSWORD, "10.0.0.1")[0] for _ in range(4)] == [302] * 4
+    # One address guessing one user's password is refused there after two failures, even the right one...
+    assert [attempt("admin", "wrong-password", "10.0.0.2")[0] for _ in range(2)] == [401] * 2
+    assert attempt("admin", PASSWORD, "10.0.0.2")[0] == 429
+    # ...and after four failures, whatever the usernames, for everyone from there.
+    assert [attempt(f"guess{i}", "wrong-password", "10.0.0.2")[0] for i in range(2)] == [401] * 2
+    assert attempt("nobody", "wrong-password", "10.0.0.2")[0] == 429
+    # Ten wrong passwords for alice from ten addresses: never a 429, but each failure after the third is
+    # answered later than the one before (up to the longest delay)...
+    failures = [attempt("alice", "wrong-password", f"10.0.1.{i}") for i in range(10)]
+    assert [status for status, _ in failures] == [401] * 10
+    for count, (_, seconds) in enumerate(failures, start=1):
+        assert seconds >= delay_after(count, 0.6), (count, seconds)
+    assert [delay_after(n, 0.6) for n in range(1, 8)] == [0, 0, 0, 0.25, 0.5, 0.6, 0.6]
+    # ...and alice, with her password, signs in from a fresh address; so do others from theirs.
+    assert attempt("alice", PASSWORD, "10.0.2.1")[0] == 302
+    assert attempt("admin", PASSWORD, "10.0.2.2")[0] == 302
+    # Every attempt is in the audit log with its address: the failed ones with the name tried, the refused
+    # ones (429, password never checked) with the limit that refused them; never a password.
     with stack.db.session() as s:
         events = s.execute(select(AuditEvent.action, AuditEvent.details, AuditEvent.ip)
                            .where(AuditEvent.action.like("auth.login%")).order_by(AuditEvent.id)).all()
     failed = [(details["username"], ip) for action, details, ip in events if action == "auth.login_failed"]
-    assert failed == [(f"guess{i}", "10.0.0.2") for i in range(3)] + [("alice", f"10.0.1.{i}") for i in range(3)]
-    assert [ip for action, _, ip in events if action == "auth.login"] == ["10.0.0.1"] * 4 + ["10.0.2.1"]
-    assert not any("wrong-password" in str(details) for _, details, _ in events)
+    assert failed == ([("admin", "10.0.0.2")] * 2 + [(f"guess{i}", "10.0.0.2") for i in range(2)]
+                      + [("alice", f"10.0.1.{i}") for i in range(10)])
+    refused = [(details, ip) for action, details, ip in events if action == "auth.login_refused"]
+    assert refused == [({"username": "admin", "limit": "username at address"}, "10.0.0.2"),
+                       ({"username": "nobody", "limit": "address"}, "10.0.0.2")]
+    assert [ip for action, _, ip in events if action == "auth.login"] == ["10.0.0.1"] * 4 + ["10.0.2.1", "10.0.2.2"]
+    assert not any(PASSWORD in str(details) or "wrong-password" in str(details) for _, details, _ in events)
 
 
 def test_sign_in_keeps_working_when_redis_is_down(make_stack, sqlite_url, caplog):
@@ -252,7 +271,7 @@ def test_admins_manage_users_and_cannot_remove_the_last_admin(sqlite_stack):
         assert s.get(User, stack.admin_id).role == Role.ADMIN
         updates = s.scalars(select(AuditEvent.details).where(AuditEvent.action == "user.update")).all()
     assert updates == [{"username": "nora", "role": {"from": "reviewer", "to": "uploader"},
-                        "active": {"from": True, "to": False}}]
+                        "active": {"from": True, "to": False}, "sessions_ended": 1, "tokens_revoked": 0}]
 
 
 def test_create_admin_and_token_commands(make_stack, sqlite_url):

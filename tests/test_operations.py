@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from tests import imagegen
-from tests.support import ROOT, VENV_BIN, child_env, free_port, wait_until
+from tests.support import ROOT, VENV_BIN, child_env, free_port, listening_addresses, wait_until
 from triage.schema import ImageStatus
 
 
@@ -44,6 +44,8 @@ def test_health_status_and_metrics_report_the_loaded_model(make_stack, sqlite_ur
     assert "dermatriage_worker_end_to_end_seconds_count 3.0" in text
     assert "dermatriage_worker_inference_seconds_count" in text
     assert f'dermatriage_worker_model_info{{trained="false",version="{seen["model_version"]}"}} 1.0' in text
+    # They answer without credentials, so by default they listen on this machine only.
+    assert listening_addresses(metrics_port) == {"127.0.0.1"}
     worker.stop()
 
 
@@ -67,6 +69,10 @@ def test_flower_requires_credentials(sqlite_stack):
         assert requests.get(url + "/api/tasks", timeout=5).status_code == 401
         assert requests.get(url + "/api/workers", auth=("admin", "wrong"), timeout=5).status_code == 401
         assert requests.get(url + "/api/workers", auth=("admin", "s3cret-for-test"), timeout=5).status_code == 200
+        # Flower's own metrics and health check ignore its basic auth: why it listens on loopback only
+        # (scripts/run.sh; compose publishes it on the host's loopback; tests/test_run_script.py).
+        assert requests.get(url + "/metrics", timeout=5).status_code == 200
+        assert listening_addresses(port) == {"127.0.0.1"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
@@ -98,6 +104,16 @@ def test_every_compose_command_exists_in_the_project():
             assert (ROOT / "web" / "wsgi.py").exists()
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+
+
+def test_compose_publishes_only_the_portal_beyond_this_machine_and_makes_the_secret_key():
+    services = _compose()["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"web": ["8000:8000"], "flower": ["127.0.0.1:5555:5555"]}
+    assert services["secret"]["command"][-1] == "ensure-secret-key"
+    assert services["web"]["depends_on"]["secret"] == {"condition": "service_completed_successfully"}
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    assert "# DERMATRIAGE_SECRET_KEY=" in lines and "DERMATRIAGE_SECRET_KEY=" not in lines  # optional now
 
 
 @pytest.mark.skipif(subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0

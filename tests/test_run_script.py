@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 import requests
 
 from tests import imagegen
-from tests.support import ROOT, free_port, wait_until
+from tests.support import (ROOT, free_port, listening_addresses, session_cookie_values, sign_in_over_http,
+                           wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +36,18 @@ def test_run_script_serves_analyses_and_stops_on_ctrl_c(tmp_path, redis_server, 
                message="flower with the printed password")
     assert _get(f"http://127.0.0.1:{flower_port}/api/workers") == 401
     wait_until(lambda: _get(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 120, 1, "the worker's model")
+    # Flower's /metrics and the worker's answer without credentials: on this machine only.
+    assert listening_addresses(flower_port) == {"127.0.0.1"} == listening_addresses(metrics_port)
 
     uploaded = _upload(portal, env, tmp_path)
     batch = uploaded["batch_id"]
     wait_until(lambda: _batch(portal, env, batch)["finished"], 60, 0.5, "the batch to be analysed")
     assert _batch(portal, env, batch)["counts"]["analysed"] == 3
+    # No key in the source: the run script made one, owner-only, in the data dir; the portal signs with it.
+    key_file = tmp_path / "var" / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    cookie = sign_in_over_http(portal, "ops", OPS_PASSWORD).cookies["dermatriage_session"]
+    assert session_cookie_values(key_file.read_text().strip(), cookie)
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole group
     assert proc.wait(60) is not None
@@ -80,7 +89,7 @@ def _headers(env) -> dict:
     if "token" not in _TOKEN:
         cli = [sys.executable, "-m", "scripts.cli"]
         subprocess.run(cli + ["create-admin", "--username", "ops", "--password-stdin"], cwd=ROOT, env=env,
-                       input="a-long-enough-password-1\n", text=True, check=True, capture_output=True)
+                       input=OPS_PASSWORD + "\n", text=True, check=True, capture_output=True)
         out = subprocess.run(cli + ["create-token", "--username", "ops", "--name", "run-script test"], cwd=ROOT,
                              env=env, text=True, check=True, capture_output=True).stdout
         _TOKEN["token"] = out.strip().splitlines()[-1].split()[-1]
@@ -88,6 +97,7 @@ def _headers(env) -> dict:
 
 
 _TOKEN: dict[str, str] = {}
+OPS_PASSWORD = "a-long-enough-password-1"
 
 
 def _kill_group(proc) -> None:

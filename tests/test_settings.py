@@ -41,12 +41,20 @@ def test_a_bad_value_is_refused(monkeypatch):
         Settings()
 
 
-def test_production_refuses_the_default_secret(monkeypatch):
+def test_there_is_no_default_secret_and_production_refuses_a_missing_one(monkeypatch, tmp_path):
+    from triage.secret_key import session_secret
+
+    monkeypatch.setenv("DERMATRIAGE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DERMATRIAGE_PRODUCTION", "1")
+    assert Settings().secret_key == ""  # every entry point still builds its settings; only the web signs
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        Settings().check_production()
+        session_secret(Settings())
     monkeypatch.setenv("DERMATRIAGE_SECRET_KEY", "x" * 40)
-    Settings().check_production()
+    assert session_secret(Settings()) == "x" * 40
+
+
+def test_metrics_listen_on_this_machine_only_by_default():
+    assert Settings().worker_metrics_host == "127.0.0.1"
 
 
 def test_readme_table_is_the_generated_one(capsys):

@@ -12,7 +12,7 @@ import secrets
 from datetime import timedelta
 from functools import lru_cache
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .schema import ApiToken, Role, User, utcnow
@@ -78,22 +78,6 @@ def password_matches(user: User, password: str) -> bool:
     return len(password) <= MAX_PASSWORD_LENGTH and check_password_hash(user.password_hash, password)
 
 
-def session_key(user: User) -> str:
-    """What a browser session stores to name its user. It embeds a digest of the password hash, so
-    changing a password ends every other session of that user."""
-    return f"{user.id}:{hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]}"
-
-
-def user_for_session_key(session, key: str) -> User | None:
-    user_id, _, _ = key.partition(":")
-    if not user_id.isdigit():
-        return None
-    user = session.get(User, int(user_id))
-    if user is None or not user.active or not secrets.compare_digest(session_key(user), key):
-        return None
-    return user
-
-
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -130,6 +114,13 @@ def revoke_token(session, token_id: int, owner_id: int | None = None) -> ApiToke
         return None
     row.revoked_at = utcnow()
     return row
+
+
+def revoke_tokens(session, user_id: int) -> int:
+    """Revoke every live token of a user (switched off: revoked for good); returns how many."""
+    result = session.execute(update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+                             .values(revoked_at=utcnow()))
+    return result.rowcount
 
 
 def active_admins(session) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from .catalogue import DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
+from .names import display_name
 from .rejections import refusals_in
 from .reviews import decisions_on
 from .schema import Analysis, Batch, Image, ImageStatus, RejectedFile, Review
@@ -60,7 +61,7 @@ def review_view(review: Review, reviewer: str) -> dict:
 def image_view(image: Image, analysis: Analysis | None, latest_review: dict | None) -> dict:
     return {
         "id": image.id,
-        "name": image.display_name,
+        "name": display_name(image.display_name),
         "status": image.status,
         "error": image.error,
         "attempts": image.attempts,
@@ -81,8 +82,9 @@ def image_view(image: Image, analysis: Analysis | None, latest_review: dict | No
 
 def refusal_view(refused: RejectedFile, uploader: str | None) -> dict:
     """A file an upload did not take into the batch: what it was, why, when and whose (never its bytes)."""
-    return {"name": refused.name, "kind": refused.kind, "reason": refused.reason, "size_bytes": refused.size_bytes,
-            "sha256": refused.sha256, "uploader": uploader, "at": iso(refused.created_at)}
+    return {"name": display_name(refused.name), "kind": refused.kind, "reason": refused.reason,
+            "size_bytes": refused.size_bytes, "sha256": refused.sha256, "uploader": uploader,
+            "at": iso(refused.created_at)}
 
 
 def decision_history(session, analysis_ids: list[int]) -> dict[int, list[dict]]:

@@ -17,6 +17,8 @@ from sqlalchemy import and_, func, select, tuple_, update
 
 from .catalogue import BY_SLUG, class_name
 from .db import insert_ignoring_conflicts
+from .ids import parse_id
+from .names import display_name
 from .risk import REVIEW, ROUTINE, URGENT
 from .schema import (Analysis, Batch, CaseState, Decision, Image, ImageStatus, Review, ReviewCase, User,
                      utcnow)
@@ -93,18 +95,14 @@ class QueueFilter:
     @classmethod
     def from_args(cls, args) -> "QueueFilter":
         """From a query string; unknown or malformed values are ignored rather than refused."""
-        def number(name):
-            value = (args.get(name) or "").strip()
-            return int(value) if value.isdigit() else None
-
         state = args.get("status") or CaseState.PENDING
         top_class = args.get("class") or None
         priority = args.get("priority") or None
         return cls(state=state if state in CaseState.ALL else CaseState.PENDING,
-                   batch_id=number("batch"),
+                   batch_id=parse_id(args.get("batch")),
                    top_class=top_class if top_class in BY_SLUG else None,
                    priority=priority if priority in PRIORITY_RANK else None,
-                   reviewer_id=number("reviewer"))
+                   reviewer_id=parse_id(args.get("reviewer")))
 
     def as_args(self) -> dict:
         """The query string that gives this filter back (defaults left out)."""
@@ -139,9 +137,13 @@ class Cursor:
     def decode(cls, text: str | None) -> "Cursor | None":
         try:
             rank, at, case_id = (text or "").split(".")
-            return cls(int(rank), datetime.strptime(at, "%Y%m%d%H%M%S%f"), int(case_id))
+            cursor = cls(int(rank), datetime.strptime(at, "%Y%m%d%H%M%S%f"), parse_id(case_id))
         except ValueError:
             return None
+        # Numbers from a URL: a rank or id no case can have would be a database error, not an empty page.
+        if cursor.case_id is None or not 0 <= cursor.rank <= len(PRIORITY_RANK):
+            return None
+        return cursor
 
     @classmethod
     def of(cls, case: ReviewCase) -> "Cursor":
@@ -209,7 +211,7 @@ def _case_rows(session, ids: list[int]) -> list[dict]:
         case, image_name, batch_name, confidence, trained, reviewer = by_id[case_id]
         rows.append({
             "case_id": case.id, "analysis_id": case.analysis_id, "image_id": case.image_id,
-            "batch_id": case.batch_id, "batch_name": batch_name, "image_name": image_name,
+            "batch_id": case.batch_id, "batch_name": batch_name, "image_name": display_name(image_name),
             "priority": case.priority, "top_class": case.top_class,
             "top_class_name": class_name(case.top_class),
             "confidence": confidence, "model_trained": trained, "received_at": case.received_at,

@@ -98,6 +98,19 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class UserSession(Base):
+    """A signed-in browser session, held on the server so that it can be ended there (triage.sessions).
+    The cookie names a random key; only its SHA-256 is stored."""
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)  # signed out, or ended by a change of the user
+
+
 class Batch(Base):
     __tablename__ = "batches"
 

@@ -12,9 +12,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_SECRET_KEY = "dev-only-change-me"
-
-
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
@@ -40,10 +37,13 @@ class Settings(BaseSettings):
                                     description="Keras weights file (`.h5` or `.keras`) with its `.card.json` beside it; "
                                                 "empty means the demo model `<data dir>/models/demo_resnet152.keras`.")
     # --- web -----------------------------------------------------------------------------------
-    secret_key: str = Field(DEFAULT_SECRET_KEY, validation_alias=_env("DERMATRIAGE_SECRET_KEY"),
-                            description="Flask session key; production mode refuses the default.")
+    secret_key: str = Field("", validation_alias=_env("DERMATRIAGE_SECRET_KEY"),
+                            description="Key that signs session cookies and CSRF tokens; empty means the key in "
+                                        "`<data dir>/secret_key`, made at random (readable by its owner only) "
+                                        "on first start and reused. There is no default key.")
     production: bool = Field(False, validation_alias=_env("DERMATRIAGE_PRODUCTION"),
-                             description="Refuse unsafe defaults (secret key) at start-up.")
+                             description="Secure cookies (HTTPS), and refuse to start without a secret key of 32 "
+                                         "characters or more (never making one).")
     web_host: str = Field("127.0.0.1", validation_alias=_env("DERMATRIAGE_WEB_HOST"),
                           description="Address the portal listens on (0.0.0.0 to serve other machines).")
     web_port: int = Field(8000, validation_alias=_env("DERMATRIAGE_WEB_PORT"), description="Port of the portal.")
@@ -58,8 +58,17 @@ class Settings(BaseSettings):
     session_hours: int = Field(12, ge=1, validation_alias=_env("DERMATRIAGE_SESSION_HOURS"),
                                description="A signed-in browser session ends after this many hours without a request.")
     login_rate_limit: str = Field("10 per minute", validation_alias=_env("DERMATRIAGE_LOGIN_RATE_LIMIT"),
-                                  description="Failed sign-ins allowed per client address and per username "
-                                              "(counted in Redis, so across web workers).")
+                                  description="Failed sign-ins allowed from one client address, whatever the "
+                                              "usernames; further attempts from there get 429 until the window "
+                                              "passes (counted in Redis, so across web workers).")
+    login_username_rate_limit: str = Field("5 per minute",
+                                           validation_alias=_env("DERMATRIAGE_LOGIN_USERNAME_RATE_LIMIT"),
+                                           description="Failed sign-ins allowed for one username from one client "
+                                                       "address; further attempts for it from there get 429.")
+    login_max_delay_s: float = Field(5.0, ge=0, validation_alias=_env("DERMATRIAGE_LOGIN_MAX_DELAY_S"),
+                                     description="Longest delay before a failed sign-in is answered once its "
+                                                 "username has had several failures (from any address); the "
+                                                 "delay doubles with each one, and the username is never blocked.")
     review_audit_share: float = Field(0.10, ge=0.0, le=1.0, validation_alias=_env("DERMATRIAGE_REVIEW_AUDIT_SHARE"),
                                       description="Share of routine cases drawn at random into the review queue, "
                                                   "so negatives are checked too (0 to 1).")
@@ -101,8 +110,11 @@ class Settings(BaseSettings):
                                 description="A stored file no row refers to is deleted once it is this old "
                                             "(an upload in flight has not committed its row yet).")
     worker_metrics_port: int = Field(0, validation_alias=_env("DERMATRIAGE_WORKER_METRICS_PORT"),
-                                     description="Port (on 127.0.0.1) of the worker's Prometheus metrics; 0 = off. "
+                                     description="Port of the worker's Prometheus metrics (no credentials); 0 = off. "
                                                  "One port per worker process on a host.")
+    worker_metrics_host: str = Field("127.0.0.1", validation_alias=_env("DERMATRIAGE_WORKER_METRICS_HOST"),
+                                     description="Address the worker's metrics listen on: this machine only by "
+                                                 "default (see Operations for scraping them from elsewhere).")
     gradcam: bool = Field(True, validation_alias=_env("DERMATRIAGE_GRADCAM"),
                           description="Compute and store a Grad-CAM heatmap per analysis.")
     near_duplicate_distance: int = Field(8, validation_alias=_env("DERMATRIAGE_NEAR_DUPLICATE_DISTANCE"),
@@ -131,19 +143,25 @@ class Settings(BaseSettings):
                              description="Flower basic-auth user.")
     flower_password: str = Field("", validation_alias=_env("DERMATRIAGE_FLOWER_PASSWORD"),
                                  description="Flower basic-auth password; empty makes the run script generate one.")
-    # --- quality gate (calibrated on real dermoscopic photographs: scripts/quality_report.py) -------
+    # --- quality gate (calibrated on real dermoscopic and smartphone photographs: scripts/quality_report.py) --
     min_side_px: int = Field(224, validation_alias=_env("DERMATRIAGE_MIN_SIDE_PX"),
-                             description="Shorter side must be at least this many pixels.")
-    min_sharpness: float = Field(6.0, validation_alias=_env("DERMATRIAGE_MIN_SHARPNESS"),
-                                 description="Lowest variance of the Laplacian, measured with the longer side "
-                                             "at 512 px (sharp dermoscopic photos: 18 and up; blurred: under 5).")
+                             description="Shorter side of the photograph (its own, not a reduced decode's) must be "
+                                         "at least this many pixels: the network reads 224.")
+    min_sharpness_share: float = Field(0.25, validation_alias=_env("DERMATRIAGE_MIN_SHARPNESS_SHARE"),
+                                       description="Lowest sharpness: at the network's 224 px, in the sharpest "
+                                                   "tenth of the picture, the share of fine detail that one more "
+                                                   "pixel of blur would remove (real photographs: 0.28 and up; "
+                                                   "blurred by 1% of the side: 0.21 at most). Replaces "
+                                                   "DERMATRIAGE_MIN_SHARPNESS.")
     min_brightness: float = Field(40.0, validation_alias=_env("DERMATRIAGE_MIN_BRIGHTNESS"),
                                   description="Lowest mean grey level (0-255); low enough for deeply pigmented skin.")
     max_brightness: float = Field(230.0, validation_alias=_env("DERMATRIAGE_MAX_BRIGHTNESS"),
                                   description="Highest mean grey level (0-255).")
-    min_contrast: float = Field(4.0, validation_alias=_env("DERMATRIAGE_MIN_CONTRAST"),
-                                description="Lowest standard deviation of the grey levels inside the picture "
-                                            "(blank and washed-out frames fall below it).")
+    min_relative_contrast: float = Field(0.025, validation_alias=_env("DERMATRIAGE_MIN_RELATIVE_CONTRAST"),
+                                         description="Lowest standard deviation of the grey levels inside the "
+                                                     "picture over their mean, clipped black and white left out "
+                                                     "(blank, foggy and washed-out frames fall below it; real "
+                                                     "photographs: 0.048 and up). Replaces DERMATRIAGE_MIN_CONTRAST.")
     max_clipped_dark: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MAX_CLIPPED_DARK"),
                                     description="Largest share of pixels at or below grey 5 (a dermatoscope's "
                                                 "black surround alone can cover 40% of a 4:3 frame).")
@@ -151,16 +169,20 @@ class Settings(BaseSettings):
                                       description="Largest share of pixels at or above grey 250.")
     max_flat_colour_share: float = Field(0.50, validation_alias=_env("DERMATRIAGE_MAX_FLAT_COLOUR_SHARE"),
                                          description="Largest share of pixels in the 8 commonest exact colours, "
-                                                     "black left out (documents, screenshots and blank frames "
-                                                     "exceed it).")
+                                                     "dark and blown-out pixels left out (documents, screenshots "
+                                                     "and blank frames exceed it).")
     max_colourless_share: float = Field(0.60, validation_alias=_env("DERMATRIAGE_MAX_COLOURLESS_SHARE"),
-                                        description="Largest share of grey or white pixels (saturation under 8%); "
-                                                    "skin of every tone has colour, documents do not.")
-    max_text_edge_share: float = Field(0.04, validation_alias=_env("DERMATRIAGE_MAX_TEXT_EDGE_SHARE"),
-                                       description="Largest share of pixels on a jump of more than 64 grey levels "
-                                                   "between neighbours, as at printed text.")
+                                        description="Largest share of grey or white pixels (saturation under 5%) "
+                                                    "among those bright enough to show colour and not blown out; "
+                                                    "skin of every tone has colour, documents and black-and-white "
+                                                    "pictures do not.")
+    max_text_edge_share: float = Field(0.08, validation_alias=_env("DERMATRIAGE_MAX_TEXT_EDGE_SHARE"),
+                                       description="Largest share of pixels, at 224 px, on a jump of more than 64 "
+                                                   "grey levels between neighbours, as at printed text (dense dark "
+                                                   "hair reaches 0.033).")
     marginal_margin: float = Field(0.15, validation_alias=_env("DERMATRIAGE_MARGINAL_MARGIN"),
                                    description="A pass this close (relative) to a threshold counts as marginal.")
+
     # --- risk policy -------------------------------------------------------------------------
     malignant_threshold: float = Field(0.30, validation_alias=_env("DERMATRIAGE_MALIGNANT_THRESHOLD"),
                                        description="Summed probability of the malignant classes (melanoma, BCC, "
@@ -186,11 +208,6 @@ class Settings(BaseSettings):
         if self.webhook_url and not self.webhook_secret:  # an unsigned notification cannot be trusted
             raise ValueError("DERMATRIAGE_WEBHOOK_URL is set but DERMATRIAGE_WEBHOOK_SECRET is empty.")
         return self
-
-    def check_production(self) -> None:
-        if self.production and self.secret_key == DEFAULT_SECRET_KEY:
-            raise RuntimeError("DERMATRIAGE_PRODUCTION is set but DERMATRIAGE_SECRET_KEY is the default; "
-                               "set a long random secret key.")
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user, logout_user
 from sqlalchemy import select
 
 from triage.auth import AuthError, hash_password, issue_token, password_matches, revoke_token
 from triage.schema import ApiToken, User
+from triage.sessions import end_session, end_sessions
 
-from .auth import CurrentUser, audit, requires_session
+from .auth import audit, requires_session
 from .services import services
 
 bp = Blueprint("account", __name__)
@@ -23,6 +24,7 @@ def _signed_in_in_person():
 @bp.post("/logout")
 def logout():
     with services().db.session() as s:
+        end_session(s, current_user.key)  # on the server: a copy of the cookie is worth nothing from now on
         audit(s, "auth.logout", ("user", current_user.id))
     logout_user()
     session.clear()
@@ -55,7 +57,7 @@ def create_token():
     return _page(201, new_token=token, new_token_name=row.name)
 
 
-@bp.post("/account/tokens/<int:token_id>/revoke")
+@bp.post("/account/tokens/<id:token_id>/revoke")
 def revoke(token_id: int):
     with services().db.session() as s:
         row = revoke_token(s, token_id, owner_id=current_user.id)
@@ -76,9 +78,8 @@ def change_password():
             user.password_hash = hash_password(new)
         except AuthError as exc:
             return _page(400, password_error=str(exc))
-        audit(s, "user.password_changed", ("user", user.id))
-        refreshed = CurrentUser.of(user)
-    # The session names the password (see triage.auth.session_key): sign in again under the new one,
-    # which also ends every other session of this user.
-    login_user(refreshed)
+        # Whoever else was signed in as this user, perhaps with the old password, is signed out; this
+        # session goes on. API tokens are kept: each is its own credential, listed here to revoke.
+        ended = end_sessions(s, user.id, keep=current_user.key)
+        audit(s, "user.password_changed", ("user", user.id), sessions_ended=ended)
     return _page(password_changed=True)

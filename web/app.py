@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
 from triage.audit import record_settings_change
@@ -11,10 +12,12 @@ from triage.broker import redis_client
 from triage.catalogue import DISCLAIMER
 from triage.db import Database
 from triage.jobs import make_celery
+from triage.secret_key import session_secret
 from triage.settings import Settings, get_settings
 from triage.store import open_store
 
 from . import account, admin, auth, exports, metrics, review, upload_api
+from .converters import IdConverter
 from .routes import bp
 from .services import Services
 from .templating import register_filters
@@ -25,10 +28,10 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    settings.check_production()
     app = Flask(__name__)
+    app.url_map.converters["id"] = IdConverter  # before any route names one
     app.config.update(
-        SECRET_KEY=settings.secret_key,
+        SECRET_KEY=session_secret(settings),
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         MAX_FORM_PARTS=settings.max_files_per_request + 50,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
@@ -50,6 +53,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _security_headers(response):
+    if current_user.is_authenticated:
+        # Nothing a signed-in user was shown (results, names, a new API token) is kept in a cache, where
+        # the next person at a shared computer, or the back button after signing out, would find it.
+        # Photographs set their own caching: content-addressed, shown many times on one page.
+        response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Content-Security-Policy", CSP)
@@ -63,7 +71,7 @@ def _wants_json() -> bool:
 
 def _http_error(exc: HTTPException):
     message = {413: "The upload is larger than the server accepts in one request; send fewer or smaller files.",
-               429: "Too many failed sign-in attempts. Wait a minute, then try again."}
+               429: "Too many failed sign-in attempts from this address. Wait a minute, then try again."}
     text = message.get(exc.code, exc.description)
     if _wants_json():
         return jsonify(error=text), exc.code

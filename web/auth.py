@@ -7,8 +7,6 @@ token; requests authenticated by a bearer token cannot be forged by another site
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import wraps
@@ -16,17 +14,16 @@ from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request, session,
                    url_for)
-from flask.logging import default_handler
 from flask.sessions import SecureCookieSessionInterface
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, UserMixin, current_user, login_user
 from flask_wtf.csrf import CSRFProtect
 
 from triage.audit import record
-from triage.auth import authenticate, session_key, user_for_session_key, user_for_token
+from triage.auth import authenticate, user_for_token
 from triage.schema import Role, User, utcnow
+from triage.sessions import end_session, start_session, user_for_session
 
+from .login_limits import after_failure, after_success, init_login_limits
 from .services import services
 
 bp = Blueprint("auth", __name__)  # the sign-in page alone: its rate limit applies to the whole blueprint
@@ -40,12 +37,12 @@ class CurrentUser(UserMixin):
     id: int
     username: str
     role: str
-    key: str  # what the session cookie names (see triage.auth.session_key)
+    key: str  # the key of the server-side session the cookie names (triage.sessions); "" for a token
     via_token: bool = False
 
     @classmethod
-    def of(cls, user: User, via_token: bool = False) -> "CurrentUser":
-        return cls(user.id, user.username, user.role, session_key(user), via_token)
+    def of(cls, user: User, key: str = "", via_token: bool = False) -> "CurrentUser":
+        return cls(user.id, user.username, user.role, key, via_token)
 
     def get_id(self) -> str:
         return self.key
@@ -89,40 +86,16 @@ def init_auth(app: Flask, settings) -> None:
     manager.user_loader(_user_from_session)
     manager.request_loader(_user_from_token)
     CSRFProtect(app)
-    app.extensions["dermatriage_limiter"] = _limiter(app, settings)
+    init_login_limits(app, settings, bp, refused=_refused)
     app.before_request(_gate)
     app.register_blueprint(bp)
 
 
-def _limiter(app: Flask, settings) -> Limiter:
-    """Failed sign-ins counted per client address and per username, in the Redis every web worker
-    shares. If Redis is unreachable the limit is skipped with a logged error: sign-in must keep working."""
-    # Flask-Limiter logs a swallowed storage error on its own logger, which has only a NullHandler:
-    # route it to the server's error stream so an outage is seen.
-    limiter_log = logging.getLogger("flask-limiter")
-    if default_handler not in limiter_log.handlers:
-        limiter_log.addHandler(default_handler)
-    prefix = "dermatriage-login:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12]
-    limiter = Limiter(get_remote_address, app=app, storage_uri=settings.redis_url, key_prefix=prefix,
-                      storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
-                      swallow_errors=True, headers_enabled=False, default_limits=[])
-
-    def failed(response) -> bool:
-        return response.status_code == 401
-
-    def username() -> str:
-        return "user:" + (request.form.get("username") or "").strip().lower()[:80]
-
-    for key in (get_remote_address, username):
-        limiter.limit(settings.login_rate_limit, key_func=key, methods=["POST"], deduct_when=failed,
-                      per_method=True)(bp)
-    return limiter
-
-
 def _user_from_session(key: str) -> CurrentUser | None:
-    with services().db.session() as s:
-        user = user_for_session_key(s, key)
-        return CurrentUser.of(user) if user else None
+    svc = services()
+    with svc.db.session() as s:
+        user = user_for_session(s, key, idle=timedelta(hours=svc.settings.session_hours))
+        return CurrentUser.of(user, key) if user else None
 
 
 def _user_from_token(req) -> CurrentUser | None:
@@ -189,6 +162,13 @@ def audit(session, action: str, target: tuple[str, int] | None = None, **details
     record(session, action, actor_id=actor, target=target, details=details, ip=client_ip())
 
 
+def _refused(limit: str) -> None:
+    """A sign-in refused by a rate limit (429) is audited like a failed one; the password was not checked."""
+    username = (request.form.get("username") or "").strip()[:80]
+    with services().db.session() as s:
+        record(s, "auth.login_refused", details={"username": username, "limit": limit}, ip=client_ip())
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path on this site: an open redirect would let a phishing link borrow our sign-in page."""
     if not target:
@@ -208,17 +188,23 @@ def login():
         return render_template("login.html", next=next_url)
     username = (request.form.get("username") or "").strip()[:80]
     password = request.form.get("password") or ""
-    with services().db.session() as s:
+    replaced = current_user.key if current_user.is_authenticated else ""  # this browser's session, if any
+    svc = services()
+    with svc.db.session() as s:
         user = authenticate(s, username, password)
         if user is None:
             record(s, "auth.login_failed", details={"username": username}, ip=client_ip())
         else:
             user.last_login_at = utcnow()
             record(s, "auth.login", actor_id=user.id, target=("user", user.id), ip=client_ip())
-            signed_in = CurrentUser.of(user)
+            if replaced:
+                end_session(s, replaced)
+            signed_in = CurrentUser.of(user, start_session(s, user))
     if user is None:
+        after_failure(svc, username)
         return render_template("login.html", next=next_url, username=username,
                                error="Wrong username or password."), 401
+    after_success(svc, username)
     session.clear()  # a fresh session at sign-in: nothing planted before it survives
     login_user(signed_in)
     session.permanent = True

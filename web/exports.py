@@ -20,7 +20,7 @@ FORMATS = {
 }
 
 
-@bp.get("/api/batches/<int:batch_id>/export.<fmt>")
+@bp.get("/api/batches/<id:batch_id>/export.<fmt>")
 @requires(Role.REVIEWER)
 def export(batch_id: int, fmt: str):
     if fmt not in FORMATS:

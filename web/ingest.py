@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,6 +20,7 @@ from werkzeug.datastructures import FileStorage
 from triage.db import insert_ignoring_conflicts
 from triage.imaging import RejectedImage, sanitize
 from triage.jobs import enqueue_analysis
+from triage.names import display_name
 from triage.rejections import Refusal, record_refusals
 from triage.schema import Analysis, Image, ImageStatus
 from triage.store import sha256_hex
@@ -28,8 +28,6 @@ from triage.store import sha256_hex
 from .services import Services
 
 log = logging.getLogger(__name__)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_NAME = 1024
 ALREADY_IN_BATCH = "The same file is already in this batch."
 
 
@@ -56,15 +54,6 @@ class _Pending:
     size: int
     row: dict = field(default_factory=dict)  # the image row, once the file is stored
     copies: list[FileResult] = field(default_factory=list)  # the same bytes again in this request
-
-
-def display_name(raw: str | None) -> str:
-    """A client's filename is only ever shown, never used as a path: clean it for display.
-
-    Folder uploads send the path relative to the chosen folder (`day 1/lesion.jpg`); it is kept as it
-    is, with `/` as the separator whatever system sent it."""
-    name = _CONTROL.sub("", raw or "").replace("\\", "/").strip()
-    return (name or "unnamed")[-MAX_NAME:]
 
 
 RESULT_STATUSES = ("accepted", "duplicate", "rejected")
@@ -147,7 +136,7 @@ def known_hashes(svc: Services, batch_id: int, digests: list[str]) -> dict[str, 
             chunk = digests[start:start + 500]
             rows = s.execute(select(Image.sha256, Image.id, Image.display_name)
                              .where(Image.batch_id == batch_id, Image.sha256.in_(chunk)))
-            found.update((digest, (image_id, name)) for digest, image_id, name in rows)
+            found.update((digest, (image_id, display_name(name))) for digest, image_id, name in rows)
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from triage.catalogue import CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
+from triage.names import display_name
 from triage.results import batch_results, iso, untrained_in_batch
 from triage.schema import Batch, CaseState, Image, ImageStatus, RejectedFile, ReviewCase, User
 
@@ -65,7 +66,7 @@ def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
             for c in named_probabilities(analysis.probabilities)]
     model_classes = classes_of(analysis.probabilities or {})
     return {
-        "analysis_id": analysis.id, "image_id": image.id, "image_name": image.display_name,
+        "analysis_id": analysis.id, "image_id": image.id, "image_name": display_name(image.display_name),
         "width": image.width, "height": image.height,
         "batch_id": batch.id, "batch_name": batch.name, "received_at": image.created_at,
         "file_url": f"/images/{image.id}/file",

@@ -66,7 +66,7 @@ def api_queue():
     return jsonify(cases=rows, next=page.next_cursor, previous=page.prev_cursor, filter=flt.as_args())
 
 
-@bp.get("/review/<int:analysis_id>")
+@bp.get("/review/<id:analysis_id>")
 def case(analysis_id: int):
     flt = QueueFilter.from_args(request.args)
     svc = services()
@@ -116,7 +116,7 @@ def _saved(review: Review, image_id: int) -> str:
     return f"Saved: #{image_id} {done}."
 
 
-@bp.post("/review/<int:analysis_id>/decision")
+@bp.post("/review/<id:analysis_id>/decision")
 def decision(analysis_id: int):
     try:
         review, image_id, next_id = _record(analysis_id, request.form)
@@ -129,7 +129,7 @@ def decision(analysis_id: int):
     return redirect(url_for("review.case", analysis_id=next_id, **args))
 
 
-@bp.post("/api/analyses/<int:analysis_id>/reviews")
+@bp.post("/api/analyses/<id:analysis_id>/reviews")
 def api_decision(analysis_id: int):
     try:
         review, _, next_id = _record(analysis_id, request.get_json(silent=True) or {})

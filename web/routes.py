@@ -7,6 +7,7 @@ from flask import Blueprint, Response, abort, jsonify, redirect, render_template
 from flask_login import current_user
 
 from triage.catalogue import CLASSES, DISCLAIMER
+from triage.ids import parse_id
 from triage.schema import Analysis, Batch, Image
 
 from .auth import audit
@@ -37,12 +38,11 @@ def _batch_urls(batch_id: int) -> dict:
 
 def _existing_batch(value) -> int | None:
     """The id of an existing batch named by a form field, or None (then a new batch is made)."""
-    try:
-        batch_id = int(value or 0)
-    except ValueError:
+    batch_id = parse_id(value)
+    if batch_id is None:
         return None
     with services().db.session() as s:
-        return batch_id if batch_id and s.get(Batch, batch_id) is not None else None
+        return batch_id if s.get(Batch, batch_id) is not None else None
 
 
 def _files_or_error():
@@ -94,7 +94,7 @@ def upload_form():
     return render_template("batch.html", batch=batch, upload=body)
 
 
-@bp.get("/batches/<int:batch_id>")
+@bp.get("/batches/<id:batch_id>")
 def batch_page(batch_id: int):
     with services().db.session() as s:
         batch = batch_dict(s, batch_id)
@@ -119,7 +119,7 @@ def api_create_batch():
     return jsonify(body), 201
 
 
-@bp.post("/api/batches/<int:batch_id>/images")
+@bp.post("/api/batches/<id:batch_id>/images")
 def api_add_images(batch_id: int):
     with services().db.session() as s:
         if s.get(Batch, batch_id) is None:
@@ -130,7 +130,7 @@ def api_add_images(batch_id: int):
     return jsonify(body), 200
 
 
-@bp.get("/api/batches/<int:batch_id>")
+@bp.get("/api/batches/<id:batch_id>")
 def api_batch(batch_id: int):
     with services().db.session() as s:
         batch = batch_dict(s, batch_id, with_images=request.args.get("images") != "0")
@@ -157,7 +157,7 @@ def _stored_file(key: str | None, mimetype: str) -> Response:
     return response
 
 
-@bp.get("/images/<int:image_id>/file")
+@bp.get("/images/<id:image_id>/file")
 def image_file(image_id: int):
     with services().db.session() as s:
         image = s.get(Image, image_id)
@@ -167,7 +167,7 @@ def image_file(image_id: int):
     return _stored_file(key, MIMETYPES[stored_format])
 
 
-@bp.get("/images/<int:image_id>/heatmap")
+@bp.get("/images/<id:image_id>/heatmap")
 def image_heatmap(image_id: int):
     with services().db.session() as s:
         key = s.query(Analysis.heatmap_key).filter(Analysis.image_id == image_id) \

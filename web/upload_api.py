@@ -15,11 +15,12 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from triage.imaging import ACCEPTED_FORMATS
+from triage.names import display_name
 from triage.rejections import SKIPPED, Refusal, record_refusals
 from triage.schema import Batch, Image
 
 from .auth import audit
-from .ingest import display_name, known_hashes
+from .ingest import known_hashes
 from .services import services
 
 bp = Blueprint("uploads", __name__)
@@ -43,7 +44,7 @@ def limits():
     return jsonify(upload_limits(services().settings))
 
 
-@bp.post("/api/batches/<int:batch_id>/missing")
+@bp.post("/api/batches/<id:batch_id>/missing")
 def missing(batch_id: int):
     """JSON `{"sha256": [...], "names": [...]}` (either or both) -> which of them the batch lacks,
     and for those it has, the image id (and, for hashes, the name it holds them under)."""
@@ -93,7 +94,7 @@ def _known_names(batch_id: int, names: list[str]) -> dict[str, int]:
     return found
 
 
-@bp.post("/api/batches/<int:batch_id>/skipped")
+@bp.post("/api/batches/<id:batch_id>/skipped")
 def skipped(batch_id: int):
     """JSON `{"files": [{"name": "folder/notes.txt", "size": 120, "reason": "..."}, ...]}`: files of the
     folder the uploader left out (by name not a photograph, or over the size limit). They are recorded

@@ -1,4 +1,9 @@
-"""Prometheus metrics of the process that holds the model, served on DERMATRIAGE_WORKER_METRICS_PORT."""
+"""Prometheus metrics of the process that holds the model, served on DERMATRIAGE_WORKER_METRICS_PORT.
+
+They answer without credentials (Prometheus' own exposition server has none) and name the model
+version and the worker's counts and timings, so they listen on this machine only unless
+DERMATRIAGE_WORKER_METRICS_HOST says otherwise (README, Operations: how Prometheus scrapes them).
+"""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -13,9 +18,9 @@ END_TO_END = Histogram("dermatriage_worker_end_to_end_seconds", "From upload to 
 MODEL = Gauge("dermatriage_worker_model_info", "The loaded model", ["version", "trained"])
 
 
-def serve(port: int, model_version: str, trained: bool) -> None:
-    if port:
-        start_http_server(port, addr="127.0.0.1")
+def serve(settings, model_version: str, trained: bool) -> None:
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     MODEL.labels(model_version, str(trained).lower()).set(1)
 
 

@@ -37,7 +37,7 @@ def _load_model_in_child(**_):
     if rt.explainer is not None:  # tracing the gradient graph takes seconds
         shapes = {classifier.batch_shape(n) for n in rt.batch_sizes}
         rt.explainer.warm_up(classifier.input_size, tuple(sorted(shapes)))
-    metrics.serve(rt.settings.worker_metrics_port, rt.classifier.version, rt.classifier.trained)
+    metrics.serve(rt.settings, rt.classifier.version, rt.classifier.trained)
     heartbeat.start(rt.settings.redis_url, rt.node, {
         "model_loaded": True, "model_version": rt.classifier.version, "model_trained": rt.classifier.trained,
         "gradcam": rt.explainer is not None, "pid": os.getpid(), "started_at": time.time()})

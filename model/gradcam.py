@@ -52,7 +52,11 @@ class GradCam:
         head = _softmax_head(model)
         # With a softmax head, stop at its input and apply its kernel by hand to get the logits.
         scored = _only(head.input) if head is not None else _only(model.outputs)
-        grad_model = keras.Model(_only(model.inputs), [layer.output, scored])
+        # Two halves: the pass up to the explained layer runs outside the gradient tape, so the tape
+        # holds only the few activations after it instead of every activation of the backbone (at
+        # batch 8 with two lanes that was over 100 MB of a Lite0 worker's memory).
+        to_layer = keras.Model(_only(model.inputs), layer.output)
+        from_layer = keras.Model(layer.output, scored)
         self.spec = classifier.input_spec
         size = self.spec.size
         self.layer_name = layer.name
@@ -67,9 +71,10 @@ class GradCam:
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], reduce_retracing=True)
         def cams(x):
-            with tf.GradientTape() as tape:
-                conv, features = grad_model(x, training=False)
-                scores = logits(features)
+            conv = to_layer(x, training=False)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(conv)
+                scores = logits(from_layer(conv, training=False))
                 top = tf.argmax(scores, axis=1)
                 score = tf.gather(scores, top, batch_dims=1)
             grads = tf.cast(tape.gradient(score, conv), tf.float32)

@@ -132,14 +132,14 @@ def scene_size(scene: int) -> tuple[int, int]:
 
 @lru_cache(maxsize=SCENES)
 def scene_pixels(scene: int) -> np.ndarray:
-    from tests.imagegen import skin_photo
+    from harness.imagegen import skin_photo
 
     width, height = scene_size(scene)
     return skin_photo(scene, width, height)
 
 
 def photo_bytes(index: int) -> bytes:
-    from tests.imagegen import encode
+    from harness.imagegen import encode
 
     scene, variant = index % SCENES, index // SCENES
     rgb = scene_pixels(scene)
@@ -342,7 +342,7 @@ class System:
 
     @classmethod
     def start(cls, run_dir: Path, model_path: Path, args) -> "System":
-        from tests.support import RedisServer
+        from harness.processes import RedisServer
         from triage.settings import Settings
 
         redis = RedisServer(run_dir / "redis").start()
@@ -362,7 +362,7 @@ class System:
         return system
 
     def _boot(self) -> None:
-        from tests.support import WebServer, Worker
+        from harness.processes import WebServer, Worker
         from triage.migrate import upgrade
 
         upgrade(self.settings.database_url)
@@ -481,7 +481,7 @@ def tree_cpu(table: dict[int, tuple[int, float]], root: int) -> float:
 
 def api_token(settings) -> str:
     """An admin and an API token, made with the commands an operator uses."""
-    from tests.support import child_env
+    from harness.processes import child_env
 
     cli = [sys.executable, "-m", "scripts.cli"]
     env = child_env(settings)

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests import imagegen
-from tests.support import RedisServer, WebServer
+from harness import imagegen
+from harness.processes import RedisServer, WebServer
 from triage.auth import create_user, issue_token
 from triage.db import Database
 from triage.migrate import upgrade

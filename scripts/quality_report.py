@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import statistics
 import sys
@@ -39,11 +38,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, Measurements, QualityReport, QualityThresholds,
                            judge, measure)
-from tests.imagegen import blown_out, blurred_by_size, darkened, encode, shrunk, shrunk_to_shorter
+from harness.imagegen import blown_out, blurred_by_size, darkened, encode, shrunk, shrunk_to_shorter
 from triage.imaging import decode_reduced, decode_rgb
 from triage.settings import Settings
 

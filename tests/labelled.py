@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tests.imagegen import encode
+from harness.imagegen import encode
 
 # Verbatim Kaggle folder names, numbers and counts included, with a colour per class.
 KAGGLE_CLASSES = {

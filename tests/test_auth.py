@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import select, text
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import PASSWORD, ROOT, child_env, csrf_token, free_port
 from triage.schema import ApiToken, AuditEvent, Batch, Role, User
 

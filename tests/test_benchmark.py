@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import ROOT
 from triage.schema import ImageStatus
 

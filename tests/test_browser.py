@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests import imagegen
+from harness import imagegen
 from tests.conftest import ARTIFACTS
 from tests.browsing import csp_errors, sign_in
 from tests.support import PASSWORD, seed_analysis, seed_batch

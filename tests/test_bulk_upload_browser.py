@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests import imagegen
+from harness import imagegen
 from tests.conftest import ARTIFACTS
 from tests.support import FlakyProxy, batch_image_names, files_received, photo_folder
 from triage.imaging import UNREADABLE

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests import imagegen
+from harness import imagegen
 from tests.conftest import ARTIFACTS
 from tests.faults import POISON_SIDE, TcpProxy, crashing_decoder_path
 from tests.support import RedisServer, Worker, wait_until

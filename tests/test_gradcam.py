@@ -17,7 +17,7 @@ from model.demo import build_demo_model
 from model.gradcam import GradCam, last_conv_layer, overlay_png
 from model.loader import load_classifier
 from model.preprocess import INPUT_SIZE, InputSpec, preprocess_rgb
-from tests.imagegen import skin_photo
+from harness.imagegen import skin_photo
 from triage.catalogue import REFERENCE_LABEL_ORDER
 
 BRIGHT_CLASS, RED_CLASS, NOTHING_CLASS = 3, 7, 5

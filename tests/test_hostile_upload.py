@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from tests import imagegen
+from harness import imagegen
 from tests.test_imaging import (SCRIPT, encode, gif_with_frames, jpeg_declaring, png_chunk,
                                 png_with_chunk_before_idat, private_exif, with_segment)
 from triage.schema import ImageStatus
@@ -72,7 +72,7 @@ def test_hostile_files_are_rejected_alone_and_awkward_ones_analysed(sqlite_stack
 
     stack.start_worker()
     batch = response.get_json()["batch_id"]
-    statuses = stack.wait_final(batch)
+    stack.wait_final(batch)
     by_name = {i["name"]: i for i in stack.client.get(f"/api/batches/{batch}").get_json()["images"]}
     for name in odd:
         if name.startswith("grey"):

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import ROOT, child_env, csrf_token, seed_analysis
 from triage.ids import MAX_ID, parse_id
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
-from tests import imagegen
+from harness import imagegen
 from triage.imaging import (ACCEPTED_FORMATS, RejectedImage, SanitizedImage, decode_rgb, sanitize,
                             strip_jpeg_metadata, to_rgb)
 

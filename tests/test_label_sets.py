@@ -11,7 +11,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from tests import imagegen
+from harness import imagegen
 from tests.browsing import csp_errors, sign_in
 from tests.fhir_check import resources, valid_bundle
 from tests.support import seed_analysis, seed_batch

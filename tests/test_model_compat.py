@@ -19,7 +19,7 @@ from model.card import ModelCard, card_path, file_sha256, main as card_main
 from model.demo import build_demo_model
 from model.loader import apply_temperature, load_classifier
 from model.preprocess import INPUT_SIZE, preprocess_rgb
-from tests.imagegen import document, skin_photo
+from harness.imagegen import document, skin_photo
 from triage.catalogue import REFERENCE_LABEL_ORDER
 
 # Probabilities from two loaders of the same file may differ only by float32 rounding.

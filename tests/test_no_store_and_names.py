@@ -9,7 +9,7 @@ import re
 
 from sqlalchemy import select
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import csrf_token, seed_analysis
 from triage.names import display_name
 from triage.schema import Image, RejectedFile

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import seed_analysis, seed_batch, wait_until
 from tests.webhook import Receiver
 from triage import notifications

@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import ROOT, VENV_BIN, child_env, free_port, listening_addresses, wait_until
 from triage.schema import ImageStatus
 

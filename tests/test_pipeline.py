@@ -6,7 +6,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import wait_until
 from triage.catalogue import REFERENCE_LABEL_ORDER, UNTRAINED_WARNING
 from triage.jobs import enqueue_analysis

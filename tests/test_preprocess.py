@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.preprocess import CAFFE_MEAN_BGR, INPUT_SIZE, caffe_normalise, preprocess_rgb, resize_rgb
-from tests.imagegen import skin_photo
+from harness.imagegen import skin_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 

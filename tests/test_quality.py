@@ -1,12 +1,11 @@
 """The quality gate: every check passes a good photograph and stops the failure it exists for.
 
-Images are generated (tests/imagegen.py); the real calibration photographs are used only when their
+Images are generated (harness/imagegen.py); the real calibration photographs are used only when their
 folder is present, and that test says clearly when it is skipped.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from functools import lru_cache
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from model.quality import (GATE_MIN_SIDE, WORKING_SIDE, QualityThresholds, assess_quality, measure,
                            working_view)
-from tests import imagegen
+from harness import imagegen
 from triage.imaging import decode_reduced, decode_rgb
 from triage.settings import Settings
 

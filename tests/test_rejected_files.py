@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from werkzeug.datastructures import FileStorage
 
-from tests import imagegen
+from harness import imagegen
 from tests.fhir_check import resources, valid_bundle
 from triage.imaging import UNREADABLE
 from triage.schema import AuditEvent, Batch, Image, RejectedFile, Role

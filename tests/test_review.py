@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import csrf_token, seed_analysis, seed_batch
 from triage.catalogue import BY_SLUG, DISCLAIMER, REFERENCE_LABEL_ORDER, UNTRAINED_WARNING
 from triage.reviews import Cursor, QueueFilter, open_cases, queue_page

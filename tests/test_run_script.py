@@ -11,7 +11,7 @@ import sys
 import pytest
 import requests
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import (ROOT, free_port, listening_addresses, session_cookie_values, sign_in_over_http,
                            wait_until)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import free_port
 from triage.schema import ImageStatus
 from triage.store import S3ImageStore, sha256_hex

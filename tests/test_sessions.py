@@ -8,7 +8,7 @@ from datetime import timedelta
 import requests
 from sqlalchemy import select, update
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import PASSWORD, csrf_token, form_token, sign_in_over_http
 from triage.schema import AuditEvent, Role, User, UserSession, utcnow
 

@@ -8,7 +8,6 @@ learns to tell real lesions apart on patients it has never seen.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from sqlalchemy import select
 
 from model.card import ModelCard, card_path
 from model.splits import read_split_csv
-from tests import imagegen
+from harness import imagegen
 from tests.labelled import KAGGLE_CLASSES, write_labelled_folder
 from triage.imaging import decode_rgb
 from triage.schema import Analysis, ImageStatus

@@ -21,7 +21,7 @@ from model.card import ModelCard, file_sha256
 from model.preprocess import InputSpec, preprocess_rgb
 from model.splits import read_split_csv
 from model.train import RunMismatch, TrainOptions, balanced_class_weights, train
-from tests.imagegen import encode
+from harness.imagegen import encode
 from tests.labelled import KAGGLE_CLASSES, TINY_EPOCHS, TINY_INPUT, picture, trained_tiny_run, write_labelled_folder
 from tests.support import ROOT
 from triage.imaging import decode_rgb

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import ROOT, FlakyProxy, batch_image_names, files_received, free_port, photo_folder, wait_until
 from triage.imaging import UNREADABLE
 from triage.schema import AuditEvent, Image

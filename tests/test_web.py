@@ -11,7 +11,7 @@ import redis
 import requests
 from PIL import Image as PILImage
 
-from tests import imagegen
+from harness import imagegen
 from tests.support import csrf_token, free_port, seed_analysis
 from triage.imaging import RejectedImage, sanitize
 from triage.schema import ImageStatus

@@ -15,17 +15,17 @@ _CRASHING_DECODER = f'''
 import os
 import triage.imaging as imaging
 
-_decode = imaging.decode_rgb
+_decode = imaging.decode_reduced
 
 
-def decode_rgb(data):
-    rgb = _decode(data)
-    if rgb.shape[:2] == ({POISON_SIDE}, {POISON_SIDE}):
+def decode_reduced(data, at_least=0):
+    rgb, size = _decode(data, at_least)
+    if size == ({POISON_SIDE}, {POISON_SIDE}):
         os.abort()
-    return rgb
+    return rgb, size
 
 
-imaging.decode_rgb = decode_rgb
+imaging.decode_reduced = decode_reduced  # every decode the worker makes goes through it
 '''
 
 

@@ -1,6 +1,7 @@
 """Reading untrusted image bytes: validate fully, remove metadata, convert to RGB.
 
-The web uses `sanitize` before anything is stored; the worker uses `decode_rgb` on the stored file.
+The web uses `sanitize` before anything is stored; the worker uses `decode_reduced` on the stored file
+(at the scale its model's card says).
 Both live here so that what the portal accepts is exactly what the worker can read.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ FIGURES = ("1. limit: compiled forward pass", "by batch size", "2. reference: on
            "idle, one image at a time", "steady load", "idle, parts", "idle p50 target", "worker memory",
            "MB at start", "over the rest of the run", "decode", "quality checks", "preprocess", "forward (its batch",
            "Grad-CAM pass", "heatmap overlays", "database (claim + write)", "at the pipeline's largest batch", "wall time per image", "CPU time per image",
-           "cores fit", "worker model process", "bfloat16:",
+           "cores fit", "worker model process", "4. outside the network", "beyond the network", "bfloat16:",
            "top-1 identical", "largest probability difference")
 
 
@@ -60,6 +60,9 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
     assert pipe["throughput"]["breakdown"]["mean_batch"] >= 1
     assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's log
     assert 0 <= model["precision"][0]["top1_identical"] <= 1
+    outside = pipe["throughput"]["cpu_ms_total"] - model["limit"]["cpu_ms"]
+    assert targets["cpu_outside_network_ms"] == pytest.approx(outside)
+    assert sum(targets["cpu_outside_network_parts"].values()) == pytest.approx(outside)
 
 
 def test_photos_are_realistic_sizes_and_never_the_same_bytes(tmp_path):

@@ -92,18 +92,6 @@ POLICY = [
 ]
 
 
-@pytest.mark.parametrize("probabilities, thresholds, quality, risk, priority, reason, advice", POLICY)
-def test_policy_table(probabilities, thresholds, quality, risk, priority, reason, advice):
-    result = assess(probabilities, thresholds, quality)
-    assert (result.risk_level, result.priority) == (risk, priority), result.reasons
-    assert any(reason in r for r in result.reasons), result.reasons
-    # Every outcome leads with the advice for its priority and its reasons, then names what to do
-    # about the top class.
-    assert result.recommendations[:len(advice)] == advice
-    top = BY_SLUG[result.top_class]
-    assert f"{top.display_name}: {top.recommendation}" in result.recommendations[len(advice):]
-
-
 # A model of another label set (PAD-UFES-20's six): actinic keratosis is pre-malignant, never routine
 # and never urgent on that alone; SCC is malignant. The first advice says why the image is not routine.
 PAD_POLICY = [
@@ -134,11 +122,13 @@ PAD_POLICY = [
 ]
 
 
-@pytest.mark.parametrize("probabilities, thresholds, quality, risk, priority, reason, advice", PAD_POLICY)
-def test_policy_table_for_a_pad_ufes_20_model(probabilities, thresholds, quality, risk, priority, reason, advice):
+@pytest.mark.parametrize("probabilities, thresholds, quality, risk, priority, reason, advice", POLICY + PAD_POLICY)
+def test_policy_table(probabilities, thresholds, quality, risk, priority, reason, advice):
     result = assess(probabilities, thresholds, quality)
     assert (result.risk_level, result.priority) == (risk, priority), result.reasons
     assert any(reason in r for r in result.reasons), result.reasons
+    # The Kaggle ten and a PAD-UFES-20 model's six alike: every outcome leads with the advice for its
+    # priority and its reasons, then names what to do about the top class.
     assert result.recommendations[:len(advice)] == advice
     top = BY_SLUG[result.top_class]
     assert f"{top.display_name}: {top.recommendation}" in result.recommendations[len(advice):]

@@ -6,7 +6,7 @@ perceptual hashes, then, `--batches` times, lets three batches of `--batch` new 
 of each planted near a stored hash, at 0..9 bits), claimed by this "worker" as the worker claims them,
 and measures, per batch, wall and CPU time (median, p90, max):
 
-* lookup: `flag_near_duplicates` alone (finding the closest stored hash of every image of the batch
+* lookup: `find_near_duplicates` alone (finding the closest stored hash of every image of the batch
   and setting the flags), in a transaction already begun;
 * write: `write_outcomes` for the next batch, the lookup included, as the worker calls it;
 * write without the lookup: the same for the third batch with the lookup replaced by nothing: the
@@ -100,16 +100,15 @@ def outcomes_for(ids: list[int]):
 
 @contextmanager
 def without_lookup():
-    """The write with its near-duplicate step replaced by nothing (whichever name the pipeline calls)."""
+    """The write with its near-duplicate step replaced by nothing."""
     import worker.pipeline as pipeline
 
-    name = "find_near_duplicates" if hasattr(pipeline, "find_near_duplicates") else "flag_near_duplicates"
-    real = getattr(pipeline, name)
-    setattr(pipeline, name, lambda *a, **k: {})
+    real = pipeline.find_near_duplicates
+    pipeline.find_near_duplicates = lambda *a, **k: {}
     try:
         yield
     finally:
-        setattr(pipeline, name, real)
+        pipeline.find_near_duplicates = real
 
 
 @contextmanager
@@ -152,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    from worker.pipeline import flag_near_duplicates, write_outcomes
+    from worker.near_duplicates import find_near_duplicates
+    from worker.pipeline import write_outcomes
 
     rng = random.Random(17)
     with tempfile.TemporaryDirectory(prefix="near-dup-bench-") as tmp:
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         def lookup(ids):
             with db.session() as s:
                 s.connection()  # the transaction begins outside the timing, as it does in the write
-                return timed(flag_near_duplicates, s, ids, args.distance)
+                return timed(find_near_duplicates, s, ids, args.distance)
 
         samples = {"lookup": [], "write": [], "bare": []}
         serial = args.stored

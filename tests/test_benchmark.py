@@ -116,13 +116,13 @@ def reference_nearest(target: str, candidates: list[tuple[int, str]], max_distan
     return min(close)[1] if close else None
 
 
-def test_near_duplicate_flags_match_the_reference_scan(sqlite_url):
+def test_near_duplicates_found_match_the_reference_scan(sqlite_url):
     from sqlalchemy import select
 
     from triage.db import Database
     from triage.migrate import upgrade
     from triage.schema import Batch, Image
-    from worker.pipeline import flag_near_duplicates
+    from worker.near_duplicates import find_near_duplicates
 
     upgrade(sqlite_url)
     db = Database(sqlite_url)
@@ -143,10 +143,9 @@ def test_near_duplicate_flags_match_the_reference_scan(sqlite_url):
         ids = [i.id for i in images]
     wanted = ids[::2] + ids[-4:]
     with db.session() as s:
-        flag_near_duplicates(s, wanted, 6)
-    with db.session() as s:
+        found = find_near_duplicates(s, wanted, 6)
         known = s.execute(select(Image.id, Image.phash).where(Image.phash.is_not(None))).all()
-        flagged = dict(s.execute(select(Image.id, Image.near_duplicate_of_id)).all())
+    flagged = {image_id: found.get(image_id) for image_id in ids}
     hash_of = dict(known)
     for image_id in ids:
         expected = None

@@ -198,9 +198,9 @@ def _end_of_entropy_data(raw: bytes, pos: int) -> int:
         return pos
 
 
-def decode_rgb(data: bytes, at_least: int = 0) -> np.ndarray:
-    """Stored bytes -> upright 8-bit RGB array (H, W, 3); see `decode_reduced` for `at_least`."""
-    return decode_reduced(data, at_least)[0]
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Stored bytes -> upright 8-bit RGB array (H, W, 3), every pixel decoded."""
+    return decode_reduced(data)[0]
 
 
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter

@@ -192,12 +192,3 @@ def insert_analyses(session, rows: list[dict]) -> list[int]:
     insert = insert_ignoring_conflicts(session.get_bind(), Analysis.__table__, "image_id", "model_version")
     return list(session.scalars(insert.values(**json_nulls).returning(Analysis.id),
                                 [{key: row.get(key) for key in keys} for row in rows]))
-
-
-def flag_near_duplicates(session, image_ids: list[int], max_distance: int) -> None:
-    """Point each image at the earliest-closest other image whose perceptual hash is within reach (the
-    flags alone, without the statuses that `write_outcomes` sets with them)."""
-    duplicates = find_near_duplicates(session, image_ids, max_distance)
-    if duplicates:
-        session.execute(update(Image).where(Image.id.in_(duplicates))
-                        .values(near_duplicate_of_id=case(duplicates, value=Image.id)))

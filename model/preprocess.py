@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage.imaging import decode_reduced
+
 INPUT_SIZE = 224
 PREPROCESSING = "resnet_caffe"  # the reference's, and the default of a card that names none
 LITE_SCALING = "efficientnet_lite"
@@ -100,8 +102,6 @@ class InputSpec:
 
     def read(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
         """Stored bytes -> (upright RGB as this model is fed it, the photograph's own size)."""
-        from triage.imaging import decode_reduced
-
         return decode_reduced(data, max(self.size, DECODE_MIN_SIDE) if self.decoding == "reduced" else 0)
 
     def tensor(self, rgb: np.ndarray) -> np.ndarray:

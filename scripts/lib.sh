@@ -92,6 +92,11 @@ with create_engine(sys.argv[1]).connect() as c:
 PY
 }
 
+# ensure_postgres_binaries: initdb and pg_ctl, for the private clusters the suite (and this file) start.
+ensure_postgres_binaries() {
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+}
+
 # ensure_postgres: export DERMATRIAGE_TEST_POSTGRES_URL pointing at a reachable server, starting
 # the machine's cluster, or a private one (installing PostgreSQL) when there is none.
 ensure_postgres() {
@@ -103,7 +108,7 @@ ensure_postgres() {
         sleep 2
         if pg_ping "$url"; then export DERMATRIAGE_TEST_POSTGRES_URL="$url"; return; fi
     fi
-    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+    ensure_postgres_binaries
     local bindir dir port=55432
     bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
     dir="/tmp/dermatriage-pg-$port"

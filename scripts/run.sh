@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Start the whole system on embedded defaults: web (gunicorn), worker (model in memory) and Flower.
+# Start the whole system on embedded defaults: web (gunicorn), worker (model in memory), the scheduler
+# (Celery beat: sends the reconcile job) and Flower. Worker, scheduler and Flower are restarted whenever
+# they exit; gunicorn restarts its own workers.
 # Ctrl-C stops everything this script started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -43,12 +45,15 @@ supervise() {
 pids+=($!)
 export DERMATRIAGE_WORKER_NAME="worker1@$(hostname)"
 export DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}"
-supervise "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 --beat \
-    --schedule var/celerybeat-schedule -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO
+supervise "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 \
+    -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO
+# One scheduler for the deployment, in its own process: a worker's death does not stop it, nor its the
+# reconciler. /health says when a background duty is overdue.
+supervise "$VENV/bin/celery" -A worker.app beat --schedule "$DERMATRIAGE_DATA_DIR/celerybeat-schedule" \
+    --loglevel INFO
 # Flower's /metrics and /healthcheck answer without its basic auth: it listens on this machine only.
-"$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \
-    --basic-auth="$DERMATRIAGE_FLOWER_USER:$DERMATRIAGE_FLOWER_PASSWORD" --logging=warning &
-pids+=($!)
+supervise "$VENV/bin/celery" -A worker.app flower --port="$DERMATRIAGE_FLOWER_PORT" --address=127.0.0.1 \
+    --basic-auth="$DERMATRIAGE_FLOWER_USER:$DERMATRIAGE_FLOWER_PASSWORD" --logging=warning
 
 say "portal: http://$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT/"
 say "flower: http://127.0.0.1:$DERMATRIAGE_FLOWER_PORT/ (user $DERMATRIAGE_FLOWER_USER, password $DERMATRIAGE_FLOWER_PASSWORD)"

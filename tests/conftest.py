@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from tests.browsing import CHROMIUM_FLAGS, chromium_executable
-from tests.support import (PASSWORD, ROOT, RedisServer, WebServer, Worker, create_pg_database, csrf_token,
+from tests.support import (PASSWORD, ROOT, CeleryProcess, RedisServer, Scheduler, WebServer, Worker, create_pg_database, csrf_token,
                            drop_pg_database, password_hash, wait_until)
 from triage.auth import create_user, issue_token
 from triage.db import Database
@@ -98,7 +98,7 @@ class Stack:
     """
     settings: Settings
     tmp: Path
-    workers: list[Worker] = field(default_factory=list)
+    workers: list[CeleryProcess] = field(default_factory=list)  # workers, schedulers: stopped at the end
     web_servers: list[WebServer] = field(default_factory=list)
 
     def __post_init__(self):
@@ -131,11 +131,15 @@ class Stack:
         assert response.status_code == 302, f"sign-in as {username} failed: {response.status_code}"
         return client
 
-    def start_worker(self, name: str | None = None, beat: bool = False, env: dict | None = None,
-                     **start) -> Worker:
-        worker = Worker(self.settings, self.tmp, name, beat=beat, env=env)
+    def start_worker(self, name: str | None = None, env: dict | None = None, **start) -> Worker:
+        worker = Worker(self.settings, self.tmp, name, env=env)
         self.workers.append(worker)
         return worker.start(**start)
+
+    def start_scheduler(self) -> Scheduler:
+        scheduler = Scheduler(self.settings, self.tmp, "beat")
+        self.workers.append(scheduler)
+        return scheduler.start()
 
     def start_web(self) -> WebServer:
         server = WebServer(self.settings, self.tmp)

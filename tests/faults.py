@@ -1,11 +1,16 @@
-"""Fault injection into real processes: a TCP proxy that can cut the database off, a decoder crash."""
+"""Fault injection into real processes: a TCP proxy that can cut the database off, a decoder crash; the
+photographs the fault tests upload and the record of their figures (the README's reliability table)."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
 
+from harness import imagegen
+from tests.conftest import ARTIFACTS
 from tests.support import free_port
+from triage.schema import ImageStatus
 
 POISON_SIDE = 333  # a decoded image of exactly 333 x 333 pixels crashes the worker (see below)
 
@@ -103,3 +108,20 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def small_photos(n: int, start: int = 0) -> list[tuple[bytes, str]]:
+    return [(imagegen.jpeg(start + i, 320, 240), f"img-{start + i:05d}.jpg") for i in range(n)]
+
+
+def record(fault: str, injected: int, ids, statuses: dict, counts: dict) -> None:
+    """Append this run's figures to test-artifacts/reliability.json (the README's reliability table)."""
+    final = [statuses.get(i) for i in ids]
+    row = {"fault": fault, "injected": injected, "accepted": len(ids),
+           "analysed": final.count(ImageStatus.ANALYSED), "failed": final.count(ImageStatus.FAILED),
+           "lost": sum(1 for s in final if s not in ImageStatus.FINAL),
+           "duplicates": sum(n - 1 for n in counts.values() if n > 1)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "reliability.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([r for r in rows if r["fault"] != fault] + [row], indent=1))

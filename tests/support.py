@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, select, text
 
-from harness.processes import (ROOT, VENV_BIN, RedisServer, WebServer, Worker, child_env,  # noqa: F401 (shared)
-                               free_port, settings_env, wait_until)
+from harness.processes import (ROOT, VENV_BIN, CeleryProcess, Flower, PostgresServer, RedisServer,  # noqa: F401
+                               Scheduler, WebServer, Worker, child_env, free_port, settings_env, wait_until)
 
 PASSWORD = "correct-horse-battery-staple"  # every test user's password unless a test says otherwise
 _HASHES: dict[str, str] = {}

@@ -2,7 +2,6 @@
 with a reason, exactly once. Real Redis, real worker processes, real databases; loopback only."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -12,8 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from harness import imagegen
-from tests.conftest import ARTIFACTS
-from tests.faults import POISON_SIDE, TcpProxy, crashing_decoder_path
+from tests.faults import POISON_SIDE, TcpProxy, crashing_decoder_path, record, small_photos
 from tests.support import RedisServer, Worker, wait_until
 from triage.schema import ImageStatus
 
@@ -21,10 +19,6 @@ pytestmark = pytest.mark.slow
 
 # Recovery within seconds instead of minutes, so the tests stay short.
 FAST = dict(task_time_limit_s=20, visibility_timeout_s=60, stale_after_s=5, reconcile_every_s=2, gradcam=False)
-
-
-def small_photos(n: int, start: int = 0) -> list[tuple[bytes, str]]:
-    return [(imagegen.jpeg(start + i, 320, 240), f"img-{start + i:05d}.jpg") for i in range(n)]
 
 
 def upload_in_requests(stack, files, per_request: int = 50, client=None) -> list[int]:
@@ -49,23 +43,11 @@ def assert_exactly_once(stack, ids, fault: str, injected: int, expect=ImageStatu
     assert set(counts) == set(ids) and set(counts.values()) == {1}
 
 
-def record(fault: str, injected: int, ids, statuses: dict, counts: dict) -> None:
-    """Append this run's figures to test-artifacts/reliability.json (the README's reliability table)."""
-    final = [statuses.get(i) for i in ids]
-    row = {"fault": fault, "injected": injected, "accepted": len(ids),
-           "analysed": final.count(ImageStatus.ANALYSED), "failed": final.count(ImageStatus.FAILED),
-           "lost": sum(1 for s in final if s not in ImageStatus.FINAL),
-           "duplicates": sum(n - 1 for n in counts.values() if n > 1)}
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / "reliability.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps([r for r in rows if r["fault"] != fault] + [row], indent=1))
-
-
 def test_sigkill_mid_batch_loses_nothing(make_stack, sqlite_url):
     stack = make_stack(sqlite_url, **FAST)
     ids = upload_in_requests(stack, small_photos(240))
-    worker = stack.start_worker(name="crashy", beat=True)
+    stack.start_scheduler()
+    worker = stack.start_worker(name="crashy")
     kills = 0
     for _ in range(3):  # kill the process holding the model mid-batch; its parent starts another
         target = analysed_count(stack) + 15
@@ -103,7 +85,8 @@ def test_redis_restart_mid_run_loses_nothing(make_stack, sqlite_url, tmp_path):
     try:
         stack = make_stack(sqlite_url, redis_url=broker.url, **FAST)
         ids = upload_in_requests(stack, small_photos(120))
-        worker = stack.start_worker(beat=True)
+        stack.start_scheduler()
+        worker = stack.start_worker()
         wait_until(lambda: analysed_count(stack) >= 20, 120, 0.05, "progress before the broker restart")
         broker.stop()  # queued jobs are gone with it: this Redis keeps nothing on disk
         during = stack.upload(small_photos(10, start=500)).get_json()
@@ -127,7 +110,8 @@ def test_database_outage_tasks_retry_and_finish(make_stack, pg_server_url):
         proxy = TcpProxy(parts.port or 5432, parts.hostname).start()
         via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
         ids = upload_in_requests(stack, small_photos(400))
-        worker = Worker(stack.settings.model_copy(update={"database_url": via_proxy}), stack.tmp, beat=True)
+        stack.start_scheduler()
+        worker = Worker(stack.settings.model_copy(update={"database_url": via_proxy}), stack.tmp)
         stack.workers.append(worker)
         worker.start()
         wait_until(lambda: analysed_count(stack) >= 10, 120, 0.05, "progress before the outage")

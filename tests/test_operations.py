@@ -27,10 +27,11 @@ def test_health_status_and_metrics_report_the_loaded_model(make_stack, sqlite_ur
     def mine(workers):
         return [w for w in workers if w["node"] == name]
 
-    health = wait_until(lambda: mine(stack.client.get("/health").get_json().get("workers", [])), 180,
-                        message="the worker's heartbeat")
-    [seen] = health
-    assert seen["model_loaded"] is True
+    def loaded():
+        report = stack.client.get("/health").get_json()
+        return report["model_ready"] and [w for w in mine(report.get("workers", [])) if w["model_loaded"]]
+
+    [seen] = wait_until(loaded, 180, message="the worker's heartbeat with its model loaded")
     assert seen["model_version"].startswith("demo-tiny-untrained@") and seen["model_trained"] is False
     status = subprocess.run([sys.executable, "-m", "scripts.cli", "status"], cwd=ROOT, capture_output=True,
                             text=True, env=child_env(stack.settings), timeout=60)
@@ -104,6 +105,15 @@ def test_every_compose_command_exists_in_the_project():
             assert (ROOT / "web" / "wsgi.py").exists()
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+
+
+def test_compose_and_run_script_run_one_scheduler_of_their_own_and_no_worker_embeds_one():
+    services = _compose()["services"]
+    schedulers = [name for name, service in services.items() if "beat" in service.get("command", [])]
+    assert schedulers == ["scheduler"] and services["scheduler"].get("restart", "unless-stopped") != "no"
+    assert not any("--beat" in service.get("command", []) for service in services.values())
+    run = (ROOT / "scripts" / "run.sh").read_text()
+    assert "--beat" not in run and 'supervise "$VENV/bin/celery" -A worker.app beat' in run
 
 
 def test_compose_publishes_only_the_portal_beyond_this_machine_and_makes_the_secret_key():

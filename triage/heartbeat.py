@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Callable
 
 import redis
 
@@ -22,14 +23,25 @@ def publish(client: redis.Redis, node: str, info: dict) -> None:
     client.set(PREFIX + node, json.dumps({**info, "node": node, "seen_at": time.time()}), ex=TTL_S)
 
 
-def start(redis_url: str, node: str, info: dict) -> threading.Thread:
-    """Refresh this worker's heartbeat every few seconds from a daemon thread (survives broker outages)."""
+def announce(redis_url: str, node: str, info: dict) -> None:
+    """One heartbeat now, if the broker answers (a process starting up says that it is)."""
+    try:
+        publish(redis_client(redis_url), node, info)
+    except redis.RedisError:
+        pass
+
+
+def start(redis_url: str, node: str, info: dict,
+          after: Callable[[redis.Redis], None] = lambda client: None) -> threading.Thread:
+    """Refresh this worker's heartbeat every few seconds from a daemon thread (survives broker outages);
+    `after` runs after each heartbeat that reached the broker."""
     client = redis_client(redis_url)
 
     def beat():
         while True:
             try:
                 publish(client, node, info)
+                after(client)
             except redis.RedisError:
                 pass  # the broker is down; the heartbeat resumes with it
             time.sleep(EVERY_S)

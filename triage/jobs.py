@@ -40,10 +40,11 @@ def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
                                    "interval_max": 1},
         task_serializer="json",
         accept_content=["json"],
-        # Notifications travel on a queue of their own, which every worker also consumes (worker/app.py):
-        # the worker takes from its queues in turn, so an urgent notification is not sent only after a
-        # backlog of thousands of analysis jobs has drained.
-        task_routes={NOTIFY_TASK: {"queue": notification_queue(settings)}},
+        # Notifications and the reconciler travel on a queue of their own, which every worker also consumes
+        # (worker/app.py): the worker takes from its queues in turn, so neither an urgent notification nor
+        # the reconcile that is due every minute waits until a backlog of thousands of analysis jobs drains.
+        task_routes={NOTIFY_TASK: {"queue": duties_queue(settings)},
+                     RECONCILE_TASK: {"queue": duties_queue(settings)}},
     )
     if settings.visibility_timeout_s <= settings.task_time_limit_s * 2:
         raise ValueError("The Redis visibility timeout must be well above the task time limit "
@@ -52,8 +53,9 @@ def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
     return app
 
 
-def notification_queue(settings: Settings) -> str:
-    return f"{settings.queue_name}-notifications"
+def duties_queue(settings: Settings) -> str:
+    """The queue of the light background jobs: notifications and the reconciler."""
+    return f"{settings.queue_name}-duties"
 
 
 def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:

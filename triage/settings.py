@@ -105,7 +105,8 @@ class Settings(BaseSettings):
                                  description="A worker with jobs waiting in its queue that receives none for this "
                                              "long exits to be restarted (0 = off).")
     reconcile_every_s: int = Field(60, validation_alias=_env("DERMATRIAGE_RECONCILE_EVERY_S"),
-                                   description="How often the worker's scheduler runs the reconciler.")
+                                   description="How often the scheduler sends the reconcile job; /health calls "
+                                               "the reconciler overdue after twice this.")
     orphan_grace_s: int = Field(3600, validation_alias=_env("DERMATRIAGE_ORPHAN_GRACE_S"),
                                 description="A stored file no row refers to is deleted once it is this old "
                                             "(an upload in flight has not committed its row yet).")

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
-from triage import heartbeat
+from triage import duties, heartbeat
 from triage.schema import Analysis, Image, ImageStatus
 
 from .services import Services, services
@@ -53,10 +53,25 @@ class _State:
             client = self.svc.redis
             queue.add_metric([], client.llen(self.svc.settings.queue_name))
             workers.add_metric([], len(heartbeat.workers(client)))
+            duty_report = duties.report(client, self.svc.settings)
             yield queue
             yield workers
+            yield from _duty_metrics(duty_report)
         except redis.RedisError:
             pass  # the broker being down shows as missing series, and in /health
+
+
+def _duty_metrics(report: dict[str, dict]):
+    last = GaugeMetricFamily("dermatriage_duty_last_success_timestamp_seconds",
+                             "When each background duty last did its work (Unix time)", labels=["duty"])
+    overdue = GaugeMetricFamily("dermatriage_duty_overdue",
+                                "1 when a background duty has not succeeded for twice its interval", labels=["duty"])
+    for name, duty in report.items():
+        if duty.get("last_success_at"):
+            last.add_metric([name], duty["last_success_at"])
+        overdue.add_metric([name], int(duty["overdue"]))
+    yield last
+    yield overdue
 
 
 @bp.get("/metrics")

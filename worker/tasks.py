@@ -1,6 +1,7 @@
 """Celery tasks. They take ids, never objects, and are safe to run twice."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -14,7 +15,8 @@ from celery.worker import state as worker_state
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from triage import heartbeat, notifications
+from triage import duties, heartbeat, notifications
+from triage.broker import redis_client
 from triage.jobs import ANALYSE_TASK, RECONCILE_TASK, enqueue_analysis, enqueue_notifications
 from triage.settings import get_settings
 
@@ -31,8 +33,10 @@ log = logging.getLogger(__name__)
 @signals.worker_process_init.connect
 def _load_model_in_child(**_):
     # Runs in the prefork child: TensorFlow starts here, after the fork, and the model is loaded
-    # before the first job so no job pays for it.
+    # before the first job so no job pays for it. Until then /health shows this worker as loading.
     rt = runtime()
+    heartbeat.announce(rt.settings.redis_url, rt.node, {"model_loaded": False, "pid": os.getpid(),
+                                                         "started_at": time.time()})
     classifier = rt.classifier
     if rt.explainer is not None:  # tracing the gradient graph takes seconds
         shapes = {classifier.batch_shape(n) for n in rt.batch_sizes}
@@ -40,7 +44,8 @@ def _load_model_in_child(**_):
     metrics.serve(rt.settings, rt.classifier.version, rt.classifier.trained)
     heartbeat.start(rt.settings.redis_url, rt.node, {
         "model_loaded": True, "model_version": rt.classifier.version, "model_trained": rt.classifier.trained,
-        "gradcam": rt.explainer is not None, "pid": os.getpid(), "started_at": time.time()})
+        "gradcam": rt.explainer is not None, "pid": os.getpid(), "started_at": time.time()},
+        after=lambda client: duties.record(client, rt.settings.queue_name, "heartbeats", rt.node))
     orphaned = claims.expire_claims_of(rt.db, rt.node)
     if orphaned:
         log.warning("re-enqueueing %d images held by this node's previous process", len(orphaned))
@@ -57,9 +62,11 @@ def _reconcile_and_watch(**_):
     reconcile.delay()
     s = get_settings()  # not runtime(): that belongs to the child, which names its node by its parent
     if s.consume_stall_s > 0:
+        node = os.environ.get("DERMATRIAGE_WORKER_NAME")
         _watchdog = ConsumeWatchdog(s.redis_url, s.queue_name, s.consume_stall_s,
-                                    busy=lambda: bool(worker_state.active_requests or worker_state.reserved_requests))
-        _watchdog.start()
+                                    busy=lambda: bool(worker_state.active_requests or worker_state.reserved_requests),
+                                    checked=lambda client: duties.record(client, s.queue_name, "consume_watchdog", node))
+        _watchdog.start(duties.watchdog_every_s(s))
 
 
 @signals.task_received.connect
@@ -232,17 +239,46 @@ def _send_notifications(ids: list[int]) -> None:
 
 @celery.task(name=RECONCILE_TASK)
 def reconcile() -> dict:
-    """Re-enqueue images and notifications whose job was lost (broker restart, killed worker). Safe to
-    run anywhere."""
+    """Re-enqueue images and notifications whose job was lost (broker restart, killed worker) and remove
+    orphaned files. Safe to run anywhere. Each part runs even when another fails, and records its own
+    success (triage/duties.py), so /health names the part that stopped working."""
     rt = runtime()
+    done, failed = {}, []
+    for duty, part in (("reconciler", _requeue_lost_images), ("notifications", _resend_lost_notifications),
+                       ("orphan_sweep", _sweep_orphans)):
+        try:
+            done[duty] = part(rt)
+        except Exception:
+            log.exception("background duty %s failed", duty)
+            failed.append(duty)
+            continue
+        duties.record(_duty_client(rt.settings.redis_url), rt.settings.queue_name, duty, rt.node)
+    if failed:
+        raise RuntimeError(f"background duties failed: {', '.join(failed)} (see the log above)")
+    return done
+
+
+def _requeue_lost_images(rt) -> int:
     ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
     if ids:
         claims.touch(rt.db, ids)
         enqueue_analysis(celery, ids)
         log.info("reconciler re-enqueued %d images", len(ids))
+    return len(ids)
+
+
+def _resend_lost_notifications(rt) -> int:
     lost = notifications.requeue_lost(rt.db)
     if lost:
         enqueue_notifications(celery, lost)
         log.info("reconciler re-sent %d notification jobs", len(lost))
-    removed = sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
-    return {"requeued": len(ids), "notifications_resent": len(lost), "orphans_removed": removed}
+    return len(lost)
+
+
+def _sweep_orphans(rt) -> int:
+    return sweep_orphans(rt.db, rt.store, rt.settings.orphan_grace_s)
+
+
+@functools.lru_cache(maxsize=None)
+def _duty_client(redis_url: str):
+    return redis_client(redis_url)

@@ -18,12 +18,14 @@ EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
 class ConsumeWatchdog:
-    def __init__(self, redis_url: str, queue: str, stall_s: float, busy, exit_process=os._exit):
+    def __init__(self, redis_url: str, queue: str, stall_s: float, busy, exit_process=os._exit,
+                 checked=lambda client: None):
         self.client = redis_client(redis_url)
         self.queue = queue
         self.stall_s = stall_s
         self.busy = busy  # () -> bool: is the worker running or holding a job right now?
         self.exit_process = exit_process
+        self.checked = checked  # (client) -> None, after each check that found the worker consuming
         self.last_received = time.monotonic()
 
     def received(self) -> None:
@@ -37,16 +39,17 @@ class ConsumeWatchdog:
         except redis.RedisError:
             return False  # a broker outage is not a stall; the consumer reconnects by itself
 
-    def start(self) -> threading.Thread:
+    def start(self, every_s: float) -> threading.Thread:
         def watch():
             while True:
-                time.sleep(max(1.0, self.stall_s / 4))
+                time.sleep(every_s)
                 if self.stalled():
                     log.critical("jobs are waiting in %r but none has reached this worker for %.0fs: "
                                  "it has stopped consuming; exiting so it is restarted",
                                  self.queue, self.stall_s)
                     logging.shutdown()
                     self.exit_process(EXIT_CODE)
+                self.checked(self.client)
 
         thread = threading.Thread(target=watch, name="dermatriage-consume-watchdog", daemon=True)
         thread.start()

@@ -160,6 +160,54 @@ def cmd_revoke_token(args) -> None:
     print(f"token #{args.id} revoked")
 
 
+def cmd_create_site(args) -> None:
+    """A new site (a clinic sharing the portal); its members are added with add-to-site."""
+    from triage.audit import record
+    from triage.sites import SiteError, create_site
+
+    db = _auth_session()
+    try:
+        with db.session() as s:
+            site = create_site(s, args.name)
+            record(s, "site.create", target=("site", site.id), details={"name": site.name, "via": "cli"})
+            site_id = site.id
+    except SiteError as exc:
+        sys.exit(str(exc))
+    finally:
+        db.dispose()
+    print(f"site #{site_id} {args.name!r} created")
+
+
+def cmd_add_to_site(args) -> None:
+    """Put a user at a site with a role (or change their role there), or take them off it."""
+    from sqlalchemy import select
+
+    from triage.audit import record
+    from triage.schema import User
+    from triage.sites import SiteError, remove_membership, set_membership, site_named
+
+    db = _auth_session()
+    try:
+        with db.session() as s:
+            user = s.scalar(select(User).where(User.username == args.username))
+            site = site_named(s, args.site)
+            if user is None or site is None:
+                sys.exit(f"No user {args.username!r}." if user is None else f"No site {args.site!r}.")
+            if args.remove:
+                changed = {"removed_from_site": site.id} if remove_membership(s, user.id, site.id) else {}
+            else:
+                before, after = set_membership(s, user.id, site.id, args.role)
+                changed = {"site_role": {"site": site.id, "from": before, "to": after}}
+            record(s, "user.update", target=("user", user.id),
+                   details={"username": user.username, **changed, "via": "cli"})
+            record_site = site.name
+    except SiteError as exc:
+        sys.exit(str(exc))
+    finally:
+        db.dispose()
+    print(f"{args.username!r} {'removed from' if args.remove else 'is ' + args.role + ' at'} {record_site!r}")
+
+
 def _row_id(text: str) -> int:
     from triage.ids import parse_id
 
@@ -193,6 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     revoke = sub.add_parser("revoke-token", help="revoke an API token by its number")
     revoke.add_argument("id", type=_row_id)
     revoke.set_defaults(func=cmd_revoke_token)
+    site = sub.add_parser("create-site", help="create a site (a clinic whose data only its members see)")
+    site.add_argument("name")
+    site.set_defaults(func=cmd_create_site)
+    member = sub.add_parser("add-to-site", help="put a user at a site with a role (or --remove them)")
+    member.add_argument("--username", required=True)
+    member.add_argument("--site", required=True, help="the site's name or number")
+    member.add_argument("--role", choices=["uploader", "reviewer", "admin"], default="uploader")
+    member.add_argument("--remove", action="store_true", help="take the user off the site")
+    member.set_defaults(func=cmd_add_to_site)
     for name, text in (("train", "train a model (python -m model.train --help)"),
                        ("evaluate", "evaluate a model (python -m model.evaluate --help)")):
         passthrough = sub.add_parser(name, help=text, add_help=False)

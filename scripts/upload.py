@@ -7,9 +7,17 @@ server's limits, retrying transient failures with backoff. The batch chosen for 
 remembered in a small state file, so the same command run again after an interruption (Ctrl-C, a
 dropped connection, a closed laptop, a killed process) sends only what the batch is missing.
 
+Patients and lesions: a `manifest.csv` at the top of the folder (columns path, patient, lesion,
+body_site, and optionally age, sex, fitzpatrick, note; paths relative to the folder), or with
+`--layout patient/lesion` the folders `<patient>/<lesion>/<photograph>`, says whose lesion each
+photograph shows. Identifiers are the clinic's pseudonyms, never names. The server checks the manifest
+(one set of rules for every uploader) before a batch is chosen or a photograph is sent; if anything
+is wrong, every problem is listed with its row and nothing is uploaded.
+
 Exit status: 0 when every file is in the batch (accepted, or a duplicate of one that is); 1 when any
-file was rejected (by the server, or because it is not a JPEG, PNG or WEBP file) or could not be sent;
-2 when the run could not start (no server, a refused token, an unknown batch); 130 on Ctrl-C.
+file was rejected (by the server, or because it is not a JPEG, PNG or WEBP file) or could not be sent,
+or when the manifest has problems (then nothing is sent); 2 when the run could not start (no server,
+a refused token, an unknown batch); 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 TRANSIENT = {429, 500, 502, 503, 504}  # worth another try: busy, restarting, or a proxy in between
 MULTIPART_OVERHEAD = 64 * 1024  # headroom under the server's request limit for form headers
 NOT_A_PHOTO = "Not a JPEG, PNG or WEBP file; not sent."
+MANIFEST = "manifest.csv"  # at the top of the folder
+LAYOUT = "patient/lesion"
 
 
 class Fatal(Exception):
@@ -45,6 +55,14 @@ class Fatal(Exception):
 
 class Transient(Exception):
     """A request failed in a way that may pass: connection lost, timeout, server busy."""
+
+
+class ManifestProblems(Exception):
+    """The folder's manifest (or its folder convention) is wrong: every problem, as the server words it."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(f"{len(problems)} problems")
+        self.problems = problems
 
 
 # --------------------------------------------------------------------------- the folder
@@ -261,8 +279,10 @@ class Portal:
             raise Fatal(f"Batch {batch_id} does not exist on {self.server}.")
         return _json_or_fatal(response)
 
-    def create_batch(self, name: str) -> dict:
-        return _json_or_fatal(self.call("POST", "/api/batches", json={"name": name}))
+    def create_batch(self, name: str, site: int | None = None) -> dict:
+        """A new empty batch; at `site` when given (the server requires it of a user with several sites)."""
+        body = {"name": name} if site is None else {"name": name, "site": site}
+        return _json_or_fatal(self.call("POST", "/api/batches", json=body))
 
     def present(self, batch_id: int, hashes: list[str], chunk: int) -> dict[str, dict]:
         """{sha256: {"image_id", "name"}} for the hashes the batch already holds."""
@@ -277,8 +297,21 @@ class Portal:
         for start in range(0, len(files), chunk):
             _json_or_fatal(self.call("POST", f"/api/batches/{batch_id}/skipped", json={"files": files[start:start + chunk]}))
 
-    def send(self, batch_id: int, files: list[tuple[LocalFile, bytes]]) -> requests.Response:
+    def check_manifest(self, paths: list[str], text: str | None, layout: str | None, site: int | None = None) -> dict:
+        """The server's reading of the manifest (against the lesions recorded at `site`, when given):
+        {path in the folder: fields}; raises ManifestProblems."""
+        body = {"files": paths, "manifest": text, "layout": layout}
+        response = self.call("POST", "/api/uploads/manifest", json=body if site is None else {**body, "site": site})
+        if response.status_code == 422:
+            raise ManifestProblems([p["text"] for p in response.json()["problems"]])
+        return _json_or_fatal(response)["files"]
+
+    def send(self, batch_id: int, files: list[tuple[LocalFile, bytes]],
+             fields: dict[str, dict] | None = None) -> requests.Response:
         parts = [("files", (f.rel, data, "application/octet-stream")) for f, data in files]
+        rows = [{"path": f.rel, **fields[f.rel]} for f, _ in files if fields and f.rel in fields]
+        if rows:  # each file's patient, lesion and context, by its name as sent
+            parts.append(("manifest", (None, json.dumps(rows))))
         return self.once("POST", f"/api/batches/{batch_id}/images", files=parts)
 
 
@@ -359,6 +392,7 @@ class Run:
     state: ResumeState
     limits: dict
     batch_id: int = 0
+    fields: dict[str, dict] = field(default_factory=dict)  # by file name as sent: what the manifest says
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     sent_files: int = 0
     sent_bytes: int = 0
@@ -455,7 +489,7 @@ def send_group(run: Run, group: list[LocalFile]) -> None:
             run.sent_files += len(group)
             run.sent_bytes += sum(f.size for f in group)
         try:
-            response = run.portal.send(run.batch_id, contents)
+            response = run.portal.send(run.batch_id, contents, run.fields)
         except Transient as exc:
             attempt += 1
             if attempt >= run.args.attempts:
@@ -627,6 +661,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                   "before, else a new one)")
     parser.add_argument("--new-batch", action="store_true", help="start a new batch even if the folder went into one")
     parser.add_argument("--name", help="name of a new batch (default: the folder's name)")
+    parser.add_argument("--site", type=int, help="the site (its number) of a new batch; needed when your user "
+                                                 "belongs to several sites, else your only site")
     parser.add_argument("--parallel", type=int, default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--files-per-request", type=int, default=20, help="most files in one request (default 20; "
                                                                           "the server's limit caps it)")
@@ -636,6 +672,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="skip files whose relative path matches this glob (repeatable), e.g. '*.txt'")
     parser.add_argument("--retry-rejected", action="store_true", help="send again files the server rejected before")
+    parser.add_argument("--layout", choices=[LAYOUT], help=f"the folders are <patient>/<lesion>/<photograph> (instead "
+                                                           f"of a {MANIFEST}); identifiers are pseudonyms, never names")
     parser.add_argument("--state", type=Path, help="resume state file (default: one per server and folder "
                                                    "under ~/.cache/dermatriage/uploads)")
     parser.add_argument("--report", type=Path, help="write every file's outcome as JSON here")
@@ -674,9 +712,28 @@ def choose_batch(run: Run) -> None:
         run.batch_id = state.batch_id
         run.portal.batch(state.batch_id)
     else:
-        run.batch_id = run.portal.create_batch(args.name or args.folder.resolve().name)["batch_id"]
+        run.batch_id = run.portal.create_batch(args.name or args.folder.resolve().name, args.site)["batch_id"]
     state.use_batch(run.batch_id)
     state.save()  # from here on, an interrupted run comes back to this batch
+
+
+def read_manifest(run: Run, folder: Path, photos: list[LocalFile], others: dict[str, str]) -> dict[str, dict]:
+    """{file name as sent: fields} from the folder's manifest.csv or its folder convention, as the server
+    reads them, before anything else happens; {} when the folder has neither. The manifest itself is
+    not a photograph left out: it is taken out of the other files."""
+    path = folder / MANIFEST
+    text = None
+    if path.is_file():
+        others.pop(f"{folder.name}/{MANIFEST}", None)
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is no column name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestProblems([f"{MANIFEST} cannot be read as UTF-8 text ({exc})."]) from None
+    if text is None and not run.args.layout:
+        return {}
+    inside = {f.rel.split("/", 1)[1]: f.rel for f in photos}  # the paths the manifest names
+    fields = run.portal.check_manifest(sorted(inside), text, run.args.layout, run.args.site)
+    return {inside[p]: f for p, f in fields.items()}
 
 
 def upload(args: argparse.Namespace) -> int:
@@ -688,6 +745,7 @@ def upload(args: argparse.Namespace) -> int:
     state = ResumeState(args.state or default_state_path(server, folder), server, folder)
     run = Run(args, portal, state, limits)
     photos, others = walk(folder, tuple(limits["extensions"]), args.exclude)
+    run.fields = read_manifest(run, folder, photos, others)
     hash_all(run, photos)
     choose_batch(run)
     to_send, copies = plan(run, photos)
@@ -725,6 +783,12 @@ def main(argv: list[str] | None = None) -> int:
     except Fatal as exc:
         print(f"dermatriage upload: {exc}", file=sys.stderr)
         return 2
+    except ManifestProblems as exc:
+        source = f"the {LAYOUT} folders" if args.layout else MANIFEST
+        print(f"dermatriage upload: {source}: {len(exc.problems)} problem(s); nothing was uploaded.", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to send what is missing", file=sys.stderr)
         return 130

@@ -1,6 +1,6 @@
 """Checking a FHIR R4 export: fhir.resources validates every resource's structure; what the library
-leaves out (references that resolve inside the Bundle, FHIR JSON's ban on empty values, status codes
-from their required value sets) is checked here."""
+leaves out (references that resolve inside the Bundle to a resource of the right type, FHIR JSON's ban
+on empty values, status codes from their required value sets) is checked here."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,17 @@ STATUSES = {
     "DiagnosticReport": {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
                          "cancelled", "entered-in-error", "unknown"},
     "Device": {"active", "inactive", "entered-in-error", "unknown"},
+}
+# The resource types a reference may point to, where the export uses it (the library checks a reference's
+# syntax, not what it resolves to).
+TARGETS = {
+    ("Observation", "subject"): {"Patient"},
+    ("Observation", "device"): {"Device"},
+    ("Observation", "performer"): {"Practitioner"},
+    ("Observation", "derivedFrom"): {"Observation"},
+    ("DiagnosticReport", "subject"): {"Patient"},
+    ("DiagnosticReport", "result"): {"Observation"},
+    ("DiagnosticReport", "resultsInterpreter"): {"Practitioner"},
 }
 
 
@@ -29,7 +40,18 @@ def valid_bundle(text: str) -> dict:
         resource = entry["resource"]
         if resource["resourceType"] in STATUSES:
             assert resource["status"] in STATUSES[resource["resourceType"]], resource
+        _check_targets(resource, by_url(bundle))
     return bundle
+
+
+def _check_targets(resource: dict, urls: dict[str, dict]) -> None:
+    for (kind, element), allowed in TARGETS.items():
+        if resource["resourceType"] != kind or element not in resource:
+            continue
+        value = resource[element]
+        for reference in value if isinstance(value, list) else [value]:
+            target = urls[reference["reference"]]["resourceType"]
+            assert target in allowed, f"{kind}.{element} points to a {target}, not a {' or '.join(sorted(allowed))}"
 
 
 def resources(bundle: dict, kind: str) -> list[dict]:

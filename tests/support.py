@@ -294,3 +294,15 @@ def photo_folder(root: Path, photos: int, folders: list[str], first_seed: int = 
         (root / rel).write_bytes(imagegen.jpeg(first_seed + i, 64, 48))
         names.append(f"{root.name}/{rel}")
     return sorted(names)
+
+
+def clinical_fields(db) -> dict[str, tuple]:
+    """Each image's display name -> (patient, lesion, body site, age, sex, skin type, note) as stored."""
+    from triage.schema import Image, Lesion, Patient
+
+    with db.session() as s:
+        rows = s.execute(select(Image.display_name, Patient.external_id, Lesion.external_id, Lesion.body_site,
+                                Image.age, Image.sex, Image.fitzpatrick, Image.clinical_note)
+                         .outerjoin(Lesion, Lesion.id == Image.lesion_id)
+                         .outerjoin(Patient, Patient.id == Lesion.patient_id)).all()
+    return {r[0]: tuple(r[1:]) for r in rows}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness import imagegen
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
 from triage.schema import ImageStatus
 
 FIGURES = ("1. limit: compiled forward pass", "by batch size", "2. reference: one model.predict per image",
@@ -227,8 +227,12 @@ def test_a_job_chains_batches_only_when_prefetching(make_stack, sqlite_url, pref
     worker = stack.start_worker(name=f"chain-{prefetch}-{lanes}")
     assert set(stack.wait_final(body["batch_id"]).values()) == {ImageStatus.ANALYSED}
     assert set(stack.analysis_counts().values()) == {1}
-    claimed = [r["claimed"] for r in job_results(worker) if r.get("claimed")]
-    assert sum(claimed) == 20
+    # A job's result is logged after its last write: wait for the line rather than race it.
+    def claims():
+        found = [r["claimed"] for r in job_results(worker) if r.get("claimed")]
+        return found if sum(found) == 20 else None
+
+    claimed = wait_until(claims, 10, 0.1, "jobs claiming all 20 images in the worker's log")
     if prefetch:
         assert max(claimed) > 4, claimed  # one job went on to further batches while images waited
     else:

@@ -135,7 +135,7 @@ def test_a_queue_page_never_counts_and_is_one_index_range_scan(sqlite_stack):
     assert page.status_code == 200
     assert not [s for s, _ in seen if "count(" in s.lower()]  # no counting, of anything
     [(seek, parameters)] = [(s, p) for s, p in seen if s.lstrip().startswith("SELECT review_cases.id")
-                            and "ORDER BY review_cases.priority_rank" in s]
+                            and "ORDER BY review_cases.patient_rank" in s]  # the queue by patient
     with stack.db.session() as s:
         plan = " ".join(str(row[-1]) for row in
                         s.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + seek, parameters).all())
@@ -374,8 +374,8 @@ def _bulk_cases(stack, n: int) -> None:
     priority = "CASE i % 4 WHEN 0 THEN 'urgent' WHEN 1 THEN 'review' ELSE 'routine' END"
     at = "datetime('2026-01-01', '+' || i || ' seconds')"
     with stack.db.session() as s:
-        s.execute(text(series + "INSERT INTO batches (id, name, created_at) SELECT i, 'b' || i, '2026-01-01' "
-                       "FROM n WHERE i <= 100"))
+        s.execute(text(series + "INSERT INTO batches (id, name, created_at, site_id) SELECT i, 'b' || i, '2026-01-01', "
+                       "(SELECT min(id) FROM sites) FROM n WHERE i <= 100"))
         s.execute(text(series + "INSERT INTO images (id, batch_id, display_name, sha256, store_key, size_bytes, "
                        "width, height, format, stored_format, status, attempts, created_at, updated_at) SELECT i, i % 100 + 1, "
                        f"i || '.jpg', printf('%064d', i), printf('%064d', 0), 1, 1, 1, 'JPEG', 'JPEG', 'analysed', 1, {at}, "
@@ -384,11 +384,14 @@ def _bulk_cases(stack, n: int) -> None:
                        "probabilities, top_class, confidence, top3, risk_level, priority, reasons, recommendations, "
                        f"quality, thresholds, timings, created_at) SELECT i, i, 'm', 0, 'analysed', '{{}}', {top}, "
                        f"0.5, '[]', 'low', {priority}, '[]', '[]', '{{}}', '{{}}', '{{}}', {at} FROM n"))
+        # Photographs without a lesion: each its own lesion of an unnamed patient (keys 0, ranks its own).
+        rank = "CASE i % 4 WHEN 0 THEN 0 WHEN 1 THEN 1 ELSE 2 END"
         s.execute(text(series + "INSERT INTO review_cases (analysis_id, image_id, batch_id, priority, "
-                       "priority_rank, top_class, received_at, state, audit_sample, created_at) SELECT i, i, "
-                       f"i % 100 + 1, {priority}, CASE i % 4 WHEN 0 THEN 0 WHEN 1 THEN 1 ELSE 2 END, {top}, {at}, "
+                       "priority_rank, top_class, received_at, state, audit_sample, created_at, patient_key, "
+                       "lesion_key, patient_rank, patient_since, lesion_rank) SELECT i, i, "
+                       f"i % 100 + 1, {priority}, {rank}, {top}, {at}, "
                        "CASE WHEN i % 4 < 2 OR i % 40 = 2 THEN 'pending' ELSE 'skipped' END, i % 40 = 2, "
-                       f"{at} FROM n"))
+                       f"{at}, 0, 0, {rank}, {at}, {rank} FROM n"))
     with stack.db.session() as s:
         decided = s.execute(update(ReviewCase).where(ReviewCase.id % 7 == 0, ReviewCase.state == "pending")
                             .values(state="decided", decision="confirm", reviewer_id=stack.admin_id,

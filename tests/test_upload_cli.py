@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from harness import imagegen
-from tests.support import ROOT, FlakyProxy, batch_image_names, files_received, free_port, photo_folder, wait_until
+from tests.support import (ROOT, FlakyProxy, batch_image_names, clinical_fields, files_received, free_port,
+                           photo_folder, wait_until)
 from triage.imaging import UNREADABLE
 from triage.schema import AuditEvent, Image
 
@@ -289,3 +290,66 @@ def test_rejected_files_are_sent_again_only_when_asked(sqlite_stack, tmp_path):
     retried = run_upload(tmp_path, stack.token, *args, "--retry-rejected")
     assert retried.returncode == 1 and files_received(stack.db, batch_id) == {"accepted": 2, "duplicate": 0,
                                                                                 "rejected": 2}
+
+
+def test_a_bad_manifest_lists_every_problem_and_uploads_nothing(sqlite_stack, tmp_path):
+    from triage.schema import Batch
+
+    stack = sqlite_stack
+    web = stack.start_web()
+    tree = tmp_path / "visit"
+    photo_folder(tree, 3, ["room"])
+    (tree / "manifest.csv").write_text(
+        "path,patient,lesion,body_site,age,colour\n"
+        "room/lesion-000.jpg,P-1,L-1,back,40,red\n"
+        "room/lesion-001.jpg,P-2,L-1,back,200,red\n"
+        "room/lesion-001.jpg,P-2,L-2,knee,,\n"
+        "room/missing.jpg,Jane Doe,L-3,,,\n")
+    done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
+    assert done.returncode == 1, done.stderr
+    listed = [line.strip() for line in done.stderr.splitlines()[1:]]
+    assert "manifest.csv: 7 problem(s); nothing was uploaded." in done.stderr.splitlines()[0]
+    assert listed == [
+        "row 1: unknown columns colour; the columns are path, patient, lesion, body_site, age, sex, fitzpatrick, note.",
+        "row 3 (age): is not an age: give a whole number of years from 0 to 120.",
+        "row 3 (patient): gives its lesion another patient than row 2: a lesion belongs to one patient.",
+        "row 4 (path): names the same photograph as row 3: each photograph has one row.",
+        "row 4 (body_site): is not a body site; use one of scalp, face, ear, neck, chest, abdomen, back, upper_arm, "
+        "forearm, hand, thigh, lower_leg, foot, genital, other.",
+        "row 5 (path): names no photograph of the folder (the path is relative to the folder that holds the manifest).",
+        "row 5 (patient): contains a space; use the clinic's pseudonymous code (such as P-0042), never a name.",
+    ]
+    assert not (tmp_path / "r.json").exists()
+    with stack.db.session() as s:  # no batch, no image, no file
+        assert s.scalar(select(func.count()).select_from(Batch)) == 0
+    assert image_count(stack) == 0 and not any(p.is_file() for p in stack.settings.image_store.rglob("*"))
+
+
+def test_a_good_manifest_or_the_folder_convention_sends_each_photographs_fields(sqlite_stack, tmp_path):
+    stack = sqlite_stack
+    web = stack.start_web()
+    tree = tmp_path / "visit"
+    photo_folder(tree, 3, ["room"])
+    (tree / "manifest.csv").write_text(
+        "\ufeffpath,patient,lesion,body_site,age,sex,fitzpatrick,note\r\n"
+        "room/lesion-000.jpg,P-0042,L-7,upper arm,54,female,II,\"raised, itchy\"\r\n"
+        "room/lesion-001.jpg,P-0042,L-7,,,,,\r\n")
+    done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["counts"] == {"accepted": 3, "duplicate": 0, "rejected": 0, "failed": 0}  # the manifest is no file
+    assert clinical_fields(stack.db) == {
+        "visit/room/lesion-000.jpg": ("P-0042", "L-7", "upper_arm", 54, "female", 2, "raised, itchy"),
+        "visit/room/lesion-001.jpg": ("P-0042", "L-7", "upper_arm", None, None, None, None),
+        "visit/room/lesion-002.jpg": (None,) * 7}
+
+    by_folder = tmp_path / "by patient"
+    photo_folder(by_folder, 2, ["P-1/L-1", "P-2/L-2/week 2"], first_seed=50)
+    (by_folder / "loose.jpg").write_bytes(imagegen.jpeg(99, 64, 48))
+    refused = run_upload(tmp_path, stack.token, str(by_folder), "--server", web.url, "--layout", "patient/lesion")
+    assert refused.returncode == 1 and "loose.jpg: is not inside a <patient>/<lesion>/ folder." in refused.stderr
+    (by_folder / "loose.jpg").unlink()
+    done = run_upload(tmp_path, stack.token, str(by_folder), "--server", web.url, "--layout", "patient/lesion")
+    assert done.returncode == 0, done.stderr
+    stored = {name: fields[:2] for name, fields in clinical_fields(stack.db).items() if name.startswith("by patient/")}
+    assert sorted(stored.values()) == [("P-1", "L-1"), ("P-2", "L-2")]

@@ -12,7 +12,7 @@ import requests
 from PIL import Image as PILImage
 
 from harness import imagegen
-from tests.support import csrf_token, free_port, seed_analysis
+from tests.support import clinical_fields, csrf_token, free_port, seed_analysis
 from triage.imaging import RejectedImage, sanitize
 from triage.schema import ImageStatus
 
@@ -334,3 +334,126 @@ def test_a_multi_picture_jpeg_is_stored_and_served_as_the_jpeg_it_is(sqlite_stac
     assert served.status_code == 200 and served.mimetype == "image/jpeg"
     assert served.data[:2] == b"\xff\xd8" and PILImage.open(io.BytesIO(served.data)).format == "JPEG"
     assert stack.client.get(images["plain.png"]["file_url"]).mimetype == "image/png"
+
+
+# --------------------------------------------------------------------------- patients and lesions
+
+def upload_with_manifest(stack, files: list[tuple[bytes, str]], rows, batch_id=None):
+    import json
+
+    data = {"files": [(io.BytesIO(content), name) for content, name in files],
+            "manifest": rows if isinstance(rows, str) else json.dumps(rows)}
+    url = f"/api/batches/{batch_id}/images" if batch_id else "/api/batches"
+    return stack.client.post(url, data=data, content_type="multipart/form-data")
+
+
+def test_per_file_fields_are_stored_and_shown_where_the_image_is(stack):
+    from triage.schema import AuditEvent
+
+    rows = [{"path": "day/a.jpg", "patient": "P-0042", "lesion": "L-7", "body_site": "upper arm", "age": 54,
+             "sex": "female", "fitzpatrick": "II", "note": "raised, itchy"},
+            {"path": "day/b.jpg", "patient": "P-0042", "lesion": "L-7"}]
+    body = upload_with_manifest(stack, [(imagegen.jpeg(1), "day/a.jpg"), (imagegen.jpeg(2), "day/b.jpg"),
+                                        (imagegen.jpeg(3), "day/c.jpg")], rows).get_json()
+    assert body["accepted"] == 3, body
+    assert clinical_fields(stack.db) == {
+        "day/a.jpg": ("P-0042", "L-7", "upper_arm", 54, "female", 2, "raised, itchy"),
+        "day/b.jpg": ("P-0042", "L-7", "upper_arm", None, None, None, None),
+        "day/c.jpg": (None,) * 7}  # unnamed: its own lesion of an unnamed patient, as before
+    # A later batch photographs the same lesion again: the same lesion row, its body site kept.
+    again = upload_with_manifest(stack, [(imagegen.jpeg(4), "d.jpg")],
+                                 [{"path": "d.jpg", "patient": "P-0042", "lesion": "L-7", "age": 55}]).get_json()
+    assert again["accepted"] == 1 and clinical_fields(stack.db)["d.jpg"][:4] == ("P-0042", "L-7", "upper_arm", 55)
+
+    images = {i["name"]: i for i in stack.client.get(f"/api/batches/{body['batch_id']}").get_json()["images"]}
+    assert {k: images["day/a.jpg"][k] for k in ("patient", "lesion", "body_site", "body_site_name", "age", "sex",
+                                                "fitzpatrick", "clinical_note")} == {
+        "patient": "P-0042", "lesion": "L-7", "body_site": "upper_arm", "body_site_name": "Upper arm", "age": 54,
+        "sex": "female", "fitzpatrick": 2, "clinical_note": "raised, itchy"}
+    assert images["day/c.jpg"]["patient"] is None and images["day/c.jpg"]["lesion"] is None
+    html = stack.client.get(f"/batches/{body['batch_id']}").get_data(as_text=True)
+    assert 'data-patient="P-0042" data-lesion="L-7"' in html and "Upper arm" in html and "raised, itchy" in html
+    # The identifiers and the note are never in the audit log.
+    with stack.db.session() as s:
+        details = str(s.query(AuditEvent.details).all())
+    assert "P-0042" not in details and "L-7" not in details and "itchy" not in details
+
+
+def test_the_case_page_shows_patient_lesion_and_body_site(sqlite_stack):
+    stack = sqlite_stack
+    body = upload_with_manifest(stack, [(imagegen.jpeg(1), "a.jpg")], [
+        {"path": "a.jpg", "patient": "P-9", "lesion": "L-9", "body_site": "back", "age": 70, "sex": "male",
+         "fitzpatrick": 5, "note": "bleeds"}]).get_json()
+    analysis = seed_analysis(stack.db, body["batch_id"], image_id=body["files"][0]["image_id"])
+    html = stack.login().get(f"/review/{analysis}").get_data(as_text=True)
+    for shown in ('<b class="patient">P-9</b>', '<b class="lesion">L-9</b>', "Back", "age 70", "male",
+                  "Fitzpatrick 5", "Note: bleeds"):
+        assert shown in html
+
+
+def test_a_bad_field_refuses_that_file_alone_storing_nothing_for_it(stack):
+    rows = [{"path": "ok.jpg", "patient": "P-1", "lesion": "L-1", "body_site": "back"},
+            {"path": "bad.jpg", "patient": "P-1", "lesion": "L-2", "age": 130},
+            {"path": "named.jpg", "patient": "Jane Doe", "lesion": "L-3"}]
+    response = upload_with_manifest(stack, [(imagegen.jpeg(1), "ok.jpg"), (imagegen.jpeg(2), "bad.jpg"),
+                                            (imagegen.jpeg(3), "named.jpg")], rows)
+    assert response.status_code == 201
+    files = {f["name"]: f for f in response.get_json()["files"]}
+    assert files["ok.jpg"]["status"] == "accepted"
+    assert files["bad.jpg"] == {"name": "bad.jpg", "status": "rejected", "reason":
+                                "Not taken: row 2 (age): is not an age: give a whole number of years from 0 to 120."}
+    assert files["named.jpg"]["status"] == "rejected" and "never a name" in files["named.jpg"]["reason"]
+    assert "Jane" not in response.get_data(as_text=True)  # a problem never repeats the value
+    assert list(clinical_fields(stack.db)) == ["ok.jpg"] and len(stored_files(stack)) == 1
+    with stack.db.session() as s:  # a lesion of a refused file is not recorded either
+        from triage.schema import Lesion
+        assert [l.external_id for l in s.query(Lesion).all()] == ["L-1"]
+
+
+def test_a_manifest_wrong_as_a_whole_rejects_the_request_storing_nothing(stack):
+    from sqlalchemy import func, select
+
+    from triage.schema import Batch
+
+    photos = [(imagegen.jpeg(1), "a.jpg"), (imagegen.jpeg(2), "b.jpg")]
+    conflicting = [{"path": "a.jpg", "patient": "P-1", "lesion": "L-1"},
+                   {"path": "b.jpg", "patient": "P-2", "lesion": "L-1", "sex": "x"},
+                   {"path": "gone.jpg", "patient": "P-3", "lesion": "L-3"}]
+    response = upload_with_manifest(stack, photos, conflicting)
+    assert response.status_code == 422
+    problems = [p["text"] for p in response.get_json()["problems"]]
+    assert problems == ["row 2 (sex): is not one of female, male, other, unknown.",
+                        "row 2 (patient): gives its lesion another patient than row 1: a lesion belongs to one patient.",
+                        "row 3 (path): names no photograph of the folder (the path is relative to the folder that "
+                        "holds the manifest)."]
+    assert "nothing was uploaded" in response.get_json()["error"]
+    assert upload_with_manifest(stack, photos, "not json").status_code == 422
+    with stack.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Batch)) == 0  # not even the new batch
+    assert clinical_fields(stack.db) == {} and stored_files(stack) == []
+
+    # Against what is recorded: L-1 is P-1's at the back; another request cannot give it to P-2 or the chest.
+    first = upload_with_manifest(stack, photos[:1], [{"path": "a.jpg", "patient": "P-1", "lesion": "L-1",
+                                                      "body_site": "back"}])
+    assert first.status_code == 201
+    later = upload_with_manifest(stack, photos[1:], [{"path": "b.jpg", "patient": "P-2", "lesion": "L-1",
+                                                      "body_site": "chest"}], batch_id=first.get_json()["batch_id"])
+    assert later.status_code == 422
+    assert [p["column"] for p in later.get_json()["problems"]] == ["patient", "body_site"]
+    assert list(clinical_fields(stack.db)) == ["a.jpg"] and len(stored_files(stack)) == 1
+
+
+def test_the_manifest_check_answers_fields_or_every_problem(sqlite_stack):
+    client = sqlite_stack.client
+    text = "path,patient,lesion,body_site,age\nroom/a.jpg,P-1,L-1,back,40\n"
+    good = client.post("/api/uploads/manifest", json={"files": ["room/a.jpg", "room/b.jpg"], "manifest": text})
+    assert good.status_code == 200
+    assert good.get_json() == {"files": {"room/a.jpg": {"patient": "P-1", "lesion": "L-1", "body_site": "back",
+                                                        "age": 40}}, "named": 1}
+    bad = client.post("/api/uploads/manifest", json={"files": ["room/a.jpg"], "manifest": text + "x.jpg,P 2,L-2,,\n"})
+    assert bad.status_code == 422 and [p["row"] for p in bad.get_json()["problems"]] == [3, 3]
+    layout = client.post("/api/uploads/manifest", json={"files": ["P-1/L-1/a.jpg"], "layout": "patient/lesion"})
+    assert layout.get_json()["files"] == {"P-1/L-1/a.jpg": {"patient": "P-1", "lesion": "L-1"}}
+    both = client.post("/api/uploads/manifest", json={"files": [], "manifest": text, "layout": "patient/lesion"})
+    assert both.status_code == 422 and "one or the other" in both.get_json()["problems"][0]["message"]
+    assert client.post("/api/uploads/manifest", json={"files": "a.jpg", "manifest": text}).status_code == 400

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .schema import ApiToken, Role, User, utcnow
+from .sites import only_site, set_membership
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # hashing cost grows with length: refuse absurd inputs early
@@ -47,17 +48,27 @@ def _check_username(username: str) -> str:
 
 
 def create_user(session, username: str, password: str | None, role: str, *,
-                password_hash: str | None = None) -> User:
-    """A new active user. `password_hash` lets a caller that already hashed (tests) skip the cost."""
+                password_hash: str | None = None, site_id: int | None = None) -> User:
+    """A new active user. `password_hash` lets a caller that already hashed (tests) skip the cost.
+
+    With `site_id`, the user joins that site with `role`; an admin made so is that site's admin, never
+    the deployment's. Without it, `role` is the user's own (admin: every site) and, when the deployment
+    has exactly one site, the user joins it with that role too: an operator with one site never has to
+    think about sites.
+    """
     username = _check_username(username)
     if role not in Role.ALL:
         raise AuthError(f"Unknown role {role!r}; choose one of {', '.join(Role.ALL)}.")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise AuthError(f"The username {username!r} is taken.")
-    user = User(username=username, role=role, active=True,
+    own_role = role if site_id is None or role != Role.ADMIN else Role.REVIEWER
+    user = User(username=username, role=own_role, active=True,
                 password_hash=password_hash or hash_password(password or ""))
     session.add(user)
     session.flush()
+    site_id = site_id if site_id is not None else only_site(session)
+    if site_id is not None:
+        set_membership(session, user.id, site_id, role)
     return user
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, selectinload
 
+from .body_sites import body_site_name
 from .catalogue import DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
+from .lesions import Photo, assess_lesion, patient_priority
+from .risk import RiskThresholds
 from .names import display_name
 from .rejections import refusals_in
 from .reviews import decisions_on
-from .schema import Analysis, Batch, Image, ImageStatus, RejectedFile, Review
+from .schema import Analysis, Batch, Image, ImageStatus, Lesion, RejectedFile, Review, Site
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -55,7 +58,9 @@ def review_view(review: Review, reviewer: str) -> dict:
     """A clinician's decision, kept beside the model's output (which it never changes)."""
     return {"id": review.id, "decision": review.decision, "diagnosis": review.diagnosis,
             "diagnosis_name": class_name(review.diagnosis), "note": review.note, "reviewer": reviewer,
-            "decided_at": iso(review.created_at)}
+            "decided_at": iso(review.created_at),
+            # One decision per lesion: the review this one follows, when it was made on another photograph.
+            "settled_by": review.settled_by_id}
 
 
 def image_view(image: Image, analysis: Analysis | None, latest_review: dict | None) -> dict:
@@ -75,9 +80,22 @@ def image_view(image: Image, analysis: Analysis | None, latest_review: dict | No
         "file_url": f"/images/{image.id}/file",
         "phash": image.phash,
         "near_duplicate_of": image.near_duplicate_of_id,
+        **clinical_view(image),
         "analysis": analysis_view(analysis) if analysis is not None else None,
         "review": latest_review,  # the latest decision; earlier ones stay in the history
     }
+
+
+def clinical_view(image: Image) -> dict:
+    """What the clinic said about the photograph at upload: the pseudonymous patient and lesion, where
+    the lesion is, and the patient's age, sex and skin type at that visit, with a note. All None for a
+    photograph uploaded without them (its own lesion of an unnamed patient)."""
+    lesion = image.lesion
+    return {"patient": lesion.patient.external_id if lesion else None,
+            "lesion": lesion.external_id if lesion else None,
+            "body_site": lesion.body_site if lesion else None,
+            "body_site_name": body_site_name(lesion.body_site) if lesion else None,
+            "age": image.age, "sex": image.sex, "fitzpatrick": image.fitzpatrick, "clinical_note": image.clinical_note}
 
 
 def refusal_view(refused: RejectedFile, uploader: str | None) -> dict:
@@ -113,7 +131,8 @@ def batch_results(session, batch_id: int) -> dict | None:
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
-    images = session.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.id)).all()
+    images = session.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.id)
+                             .options(selectinload(Image.lesion).selectinload(Lesion.patient))).all()
     latest = {a.image_id: a for a in session.scalars(
         select(Analysis).where(Analysis.id.in_(_latest_analysis_ids(batch_id))))}
     history = decision_history(session, [a.id for a in latest.values()])
@@ -127,7 +146,8 @@ def batch_results(session, batch_id: int) -> dict | None:
     # several when models changed while the batch was analysed.
     classes = classes_of(slug for a in latest.values() for slug in a.probabilities or {})
     return {
-        "batch": {"id": batch.id, "name": batch.name, "created_at": iso(batch.created_at)},
+        "batch": {"id": batch.id, "name": batch.name, "created_at": iso(batch.created_at),
+                  "site": {"id": batch.site_id, "name": session.get(Site, batch.site_id).name}},
         "disclaimer": DISCLAIMER,
         "model_untrained": untrained,
         "warning": UNTRAINED_WARNING if untrained else None,
@@ -135,3 +155,85 @@ def batch_results(session, batch_id: int) -> dict | None:
         "images": views,
         "rejected_files": [refusal_view(f, uploader) for f, uploader in refusals_in(session, batch_id)],
     }
+
+
+# --- a lesion: its photographs and their combined assessment (triage/lesions.py) --------
+
+DEFAULT_THRESHOLD = RiskThresholds.malignant_threshold
+
+
+def lesion_photos(session, lesion_ids) -> dict[int, list[dict]]:
+    """Every photograph of these lesions (any batch, any status) with its latest analysis, by lesion,
+    oldest first: `photo` is what the combination rule reads, the rest what a page shows. Read through
+    the index on images.lesion_id and one primary-key lookup of the latest analysis per photograph."""
+    lesion_ids = sorted(set(lesion_ids))
+    if not lesion_ids:
+        return {}
+    latest = (select(func.max(Analysis.id)).where(Analysis.image_id == Image.id)
+              .correlate(Image).scalar_subquery())
+    found = session.execute(select(Image, Batch.name, Analysis).join(Batch, Batch.id == Image.batch_id)
+                            .outerjoin(Analysis, Analysis.id == latest)
+                            .where(Image.lesion_id.in_(lesion_ids)).order_by(Image.created_at, Image.id)).all()
+    photos: dict[int, list[dict]] = {}
+    for image, batch_name, analysis in found:
+        photos.setdefault(image.lesion_id, []).append(_photo_view(image, batch_name, analysis))
+    return photos
+
+
+def _photo_view(image: Image, batch_name: str, analysis: Analysis | None) -> dict:
+    analysed = analysis is not None and analysis.outcome == ImageStatus.ANALYSED
+    photo = Photo(image_id=image.id, batch_id=image.batch_id, received_at=image.created_at, status=image.status,
+                  priority=analysis.priority if analysed else None,
+                  probabilities=analysis.probabilities if analysed else None,
+                  top_class=analysis.top_class if analysed else None,
+                  # The policy stored with the analysis: the rule asks what *that* policy acted on.
+                  malignant_threshold=(analysis.thresholds or {}).get("malignant_threshold", DEFAULT_THRESHOLD)
+                  if analysed else DEFAULT_THRESHOLD,
+                  quality=(analysis.quality or {}) if analysis is not None else {})
+    return {"photo": photo, "image_id": image.id, "name": display_name(image.display_name),
+            "batch_id": image.batch_id, "batch_name": batch_name, "received_at": image.created_at,
+            "status": image.status, "file_url": f"/images/{image.id}/file",
+            "priority": analysis.priority if analysis is not None else None,
+            "top_class_name": class_name(analysis.top_class) if analysed else None,
+            "confidence": analysis.confidence if analysed else None,
+            "analysis_id": analysis.id if analysed else None}
+
+
+def lesion_view(photos: list[dict]) -> dict:
+    """A lesion's combined assessment with its photographs in the order the rule shows them: this
+    visit's (the driving photograph first, then the best-quality one), then earlier batches' by date."""
+    assessment = assess_lesion([p["photo"] for p in photos])
+    by_id = {p["image_id"]: p for p in photos}
+    marks = {assessment.driver_id: "drove the assessment", assessment.best_quality_id: "best quality"}
+    if assessment.driver_id == assessment.best_quality_id and assessment.driver_id is not None:
+        marks[assessment.driver_id] = "drove the assessment; best quality"
+    return {"state": assessment.state, "priority": assessment.priority, "top_class": assessment.top_class,
+            "top_class_name": class_name(assessment.top_class), "driver_id": assessment.driver_id,
+            "best_quality_id": assessment.best_quality_id,
+            "visit": [{**by_id[i], "mark": marks.get(i)} for i in assessment.shown_first],
+            "earlier": [by_id[i] for i in assessment.earlier_ids], "assessment": assessment}
+
+
+def patient_lesions(session, patient_ids) -> dict[int, list[Lesion]]:
+    """Every lesion of these patients, by patient, in the order they were recorded."""
+    patient_ids = sorted(set(patient_ids))
+    found: dict[int, list[Lesion]] = {}
+    if patient_ids:
+        for lesion in session.scalars(select(Lesion).where(Lesion.patient_id.in_(patient_ids)).order_by(Lesion.id)):
+            found.setdefault(lesion.patient_id, []).append(lesion)
+    return found
+
+
+def patient_view(session, patient_ids) -> dict[int, dict]:
+    """Each patient's lesions assessed, and the patient's priority: the most urgent of them."""
+    lesions = patient_lesions(session, patient_ids)
+    photos = lesion_photos(session, [lesion.id for found in lesions.values() for lesion in found])
+    views = {}
+    for patient_id, found in lesions.items():
+        assessed = {lesion.id: lesion_view(photos.get(lesion.id, [])) for lesion in found}
+        views[patient_id] = {
+            "priority": patient_priority([v["assessment"] for v in assessed.values()]),
+            "lesions": [{"id": lesion.id, "external_id": lesion.external_id, "body_site": lesion.body_site,
+                         "body_site_name": body_site_name(lesion.body_site), **assessed[lesion.id]}
+                        for lesion in found]}
+    return views

@@ -8,8 +8,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer,
-                        MetaData, String, Text, UniqueConstraint)
+                        MetaData, String, Text, UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .manifest import AGE_RANGE, FITZPATRICK_TYPES, IDENTIFIER_MAX, NOTE_MAX, SEXES
 
 # Fixed constraint names so SQLite batch migrations and PostgreSQL agree on what to alter.
 NAMING_CONVENTION = {
@@ -70,6 +72,41 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def only_site_id(connection) -> int:
+    """The id of the deployment's one site; refuses when there are none or several."""
+    ids = connection.execute(text("SELECT id FROM sites ORDER BY id LIMIT 2")).scalars().all()
+    if len(ids) != 1:
+        raise ValueError("This deployment has several sites (or none): name the site.")
+    return ids[0]
+
+
+class Site(Base):
+    """A clinic sharing the portal: its batches, patients and everything under them are seen only by its
+    members (triage.sites). Sites are switched off, never deleted, like users."""
+    __tablename__ = "sites"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SiteMembership(Base):
+    """A user's role at one site. `users.role` = admin is the deployment-wide admin (every site);
+    any other role grants only through memberships."""
+    __tablename__ = "site_memberships"
+    __table_args__ = (
+        UniqueConstraint("user_id", "site_id", name="uq_site_memberships_user_site"),
+        CheckConstraint(f"role IN {Role.ALL!r}", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (CheckConstraint(f"role IN {Role.ALL!r}", name="role"),)
@@ -118,8 +155,46 @@ class Batch(Base):
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # who uploaded
+    # Whose members see it. A batch made without naming its site (tests, benchmarks) goes to the only
+    # site when there is exactly one; with several that is an error, never a guess.
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True, default=lambda ctx: only_site_id(ctx.connection))
 
     images: Mapped[list["Image"]] = relationship(back_populates="batch", order_by="Image.id")
+
+
+class Patient(Base):
+    """A person as the clinic names them: by a pseudonym only (never a name), unique within the clinic.
+
+    Age, sex and skin type are recorded per photograph (`Image`), as given at each visit. Two clinics may
+    use the same pseudonym for different people, so the key is (site, external id).
+    """
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("site_id", "external_id", name="uq_patients_site_external_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX))  # the clinic's pseudonym
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Lesion(Base):
+    """One lesion of one patient, photographed any number of times, in any number of batches.
+
+    The clinic's lesion id is unique within the clinic (not only within the patient), so a lesion given
+    to two patients is caught as the mistake it is. A photograph without one has no lesion row.
+    """
+    __tablename__ = "lesions"
+    # Unique within the clinic: the site is copied from the patient so the database can hold the key.
+    __table_args__ = (UniqueConstraint("site_id", "external_id", name="uq_lesions_site_external_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(IDENTIFIER_MAX))
+    body_site: Mapped[str | None] = mapped_column(String(20))  # a slug of triage.body_sites; may change, so no CHECK
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    patient: Mapped[Patient] = relationship()
 
 
 class Image(Base):
@@ -129,6 +204,9 @@ class Image(Base):
         UniqueConstraint("batch_id", "sha256", name="uq_images_batch_sha256"),
         CheckConstraint(f"status IN {ImageStatus.ALL!r}", name="status"),
         Index("ix_images_status_updated", "status", "updated_at"),
+        CheckConstraint(f"age BETWEEN {AGE_RANGE[0]} AND {AGE_RANGE[1]}", name="age"),
+        CheckConstraint(f"sex IN {SEXES!r}", name="sex"),
+        CheckConstraint(f"fitzpatrick BETWEEN {FITZPATRICK_TYPES[0]} AND {FITZPATRICK_TYPES[-1]}", name="fitzpatrick"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -150,8 +228,16 @@ class Image(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))  # worker node holding the lease
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # What the clinic said about the photograph at upload (triage.manifest); all optional. Age, sex and
+    # skin type are the patient's at this visit, so they live here rather than on the patient.
+    lesion_id: Mapped[int | None] = mapped_column(ForeignKey("lesions.id"), index=True)
+    age: Mapped[int | None] = mapped_column(Integer)
+    sex: Mapped[str | None] = mapped_column(String(10))
+    fitzpatrick: Mapped[int | None] = mapped_column(Integer)
+    clinical_note: Mapped[str | None] = mapped_column(String(NOTE_MAX))
 
     batch: Mapped[Batch] = relationship(back_populates="images")
+    lesion: Mapped[Lesion | None] = relationship()
     analyses: Mapped[list["Analysis"]] = relationship(back_populates="image", order_by="Analysis.id")
 
 
@@ -210,19 +296,28 @@ class Analysis(Base):
     image: Mapped[Image] = relationship(back_populates="analyses")
 
 
+# The review queue's order, after the state (and a filter) in each of its indexes: triage/reviews.py.
+QUEUE_KEY_COLUMNS = ("patient_rank", "patient_since", "patient_key", "lesion_rank", "lesion_key",
+                     "priority_rank", "received_at", "id")
+
+
 class ReviewCase(Base):
     """An analysis's place in the review queue: one row per analysed image and model version.
 
-    The queue's sort key (priority rank, upload time, id) and its filters are copied here from the
-    analysis and image so that a page of the queue is one range scan of one index, however long it is.
+    The queue's sort key and its filters are copied here from the analysis and image so that a page of
+    the queue is one range scan of one index, however long it is. The queue works by patient: the key
+    is the patient's (rank, since, key), then the lesion's (rank, key), then the photograph's own
+    (priority rank, upload time, id); see triage/reviews.py `regroup`, which keeps the patient and
+    lesion parts right whenever a case of the patient opens or changes state.
     """
     __tablename__ = "review_cases"
     __table_args__ = (
         CheckConstraint(f"state IN {CaseState.ALL!r}", name="state"),
-        Index("ix_review_cases_queue", "state", "priority_rank", "received_at", "id"),
-        Index("ix_review_cases_batch_queue", "batch_id", "state", "priority_rank", "received_at", "id"),
-        Index("ix_review_cases_class_queue", "top_class", "state", "priority_rank", "received_at", "id"),
-        Index("ix_review_cases_reviewer_queue", "reviewer_id", "state", "priority_rank", "received_at", "id"),
+        Index("ix_review_cases_queue", "state", *QUEUE_KEY_COLUMNS),
+        Index("ix_review_cases_batch_queue", "batch_id", "state", *QUEUE_KEY_COLUMNS),
+        Index("ix_review_cases_class_queue", "top_class", "state", *QUEUE_KEY_COLUMNS),
+        Index("ix_review_cases_reviewer_queue", "reviewer_id", "state", *QUEUE_KEY_COLUMNS),
+        Index("ix_review_cases_lesion", "patient_key", "lesion_key", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -239,6 +334,14 @@ class ReviewCase(Base):
     decision: Mapped[str | None] = mapped_column(String(20))  # the latest decision
     decided_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The queue by patient (migration 0007). A photograph without a lesion is its own lesion of an
+    # unnamed patient: keys 0, and ranks and time its own, so it sorts exactly as it did before.
+    patient_key: Mapped[int] = mapped_column(Integer, default=0)  # patients.id, 0: unnamed
+    lesion_key: Mapped[int] = mapped_column(Integer, default=0)  # lesions.id, 0: no lesion
+    # Over the patient's cases in this case's state: the most urgent rank and the oldest upload time.
+    patient_rank: Mapped[int] = mapped_column(Integer)
+    patient_since: Mapped[datetime] = mapped_column(DateTime)
+    lesion_rank: Mapped[int] = mapped_column(Integer)  # the most urgent rank of the lesion's cases in this state
 
 
 class Notification(Base):
@@ -275,6 +378,9 @@ class Review(Base):
     diagnosis: Mapped[str | None] = mapped_column(String(40))  # the class the reviewer settles on, if any
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # One decision per lesion: a decision on one photograph's case settles the lesion's other pending
+    # cases with a review each, pointing here at the decision they follow. None: decided on this photograph.
+    settled_by_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"))
 
 
 class AuditEvent(Base):
@@ -290,3 +396,6 @@ class AuditEvent(Base):
     target_id: Mapped[int | None] = mapped_column(Integer)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     ip: Mapped[str | None] = mapped_column(String(45))
+    # The site whose data the event concerns (its admins read it); None: the deployment's (global admins).
+    # No foreign key, like target_id: the log outlives what it names and is never rewritten.
+    site_id: Mapped[int | None] = mapped_column(Integer, index=True)

@@ -7,7 +7,7 @@ token; requests authenticated by a bearer token cannot be forged by another site
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import wraps
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from triage.audit import record
 from triage.auth import authenticate, user_for_token
 from triage.schema import Role, User, utcnow
 from triage.sessions import end_session, start_session, user_for_session
+from triage.sites import memberships, visible_site_ids
 
 from .login_limits import after_failure, after_success, init_login_limits
 from .services import services
@@ -39,16 +40,24 @@ class CurrentUser(UserMixin):
     role: str
     key: str  # the key of the server-side session the cookie names (triage.sessions); "" for a token
     via_token: bool = False
+    # {site id: role}, read at each request: a member removed from a site loses it at once, token or not.
+    sites: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, user: User, key: str = "", via_token: bool = False) -> "CurrentUser":
-        return cls(user.id, user.username, user.role, key, via_token)
+    def of(cls, user: User, key: str = "", via_token: bool = False, sites: dict[int, str] | None = None) -> "CurrentUser":
+        return cls(user.id, user.username, user.role, key, via_token, dict(sites or {}))
 
     def get_id(self) -> str:
         return self.key
 
+    @property
+    def global_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
     def can(self, role: str) -> bool:
-        return Role.includes(self.role, role)
+        """Whether the user has `role` anywhere: the deployment's admin everywhere, others at one of
+        their sites. What they may do with a given row is then decided by the row's site (triage.sites)."""
+        return self.global_admin or any(Role.includes(r, role) for r in self.sites.values())
 
 
 def bearer_token(req) -> str | None:
@@ -95,7 +104,7 @@ def _user_from_session(key: str) -> CurrentUser | None:
     svc = services()
     with svc.db.session() as s:
         user = user_for_session(s, key, idle=timedelta(hours=svc.settings.session_hours))
-        return CurrentUser.of(user, key) if user else None
+        return CurrentUser.of(user, key, sites=memberships(s, user.id)) if user else None
 
 
 def _user_from_token(req) -> CurrentUser | None:
@@ -104,7 +113,7 @@ def _user_from_token(req) -> CurrentUser | None:
         return None
     with services().db.session() as s:
         user = user_for_token(s, token)
-        return CurrentUser.of(user, via_token=True) if user else None
+        return CurrentUser.of(user, via_token=True, sites=memberships(s, user.id)) if user else None
 
 
 def _wants_json() -> bool:
@@ -150,16 +159,35 @@ def requires_session(what: str):
     return decorate
 
 
+def my_sites(session, at_least: str = Role.UPLOADER):
+    """The sites the current user may see with at least `at_least` (None: every site), from their
+    memberships as they are now (triage.sites.visible_site_ids: the one way pages are scoped)."""
+    return visible_site_ids(session, current_user, at_least)
+
+
+def requires_global_admin(view):
+    """The deployment's admin only (sites, notifications of every site); a site's admin gets 404."""
+    @wraps(view)
+    def guarded(*args, **kwargs):
+        if not current_user.global_admin:
+            abort(404)
+        return view(*args, **kwargs)
+    return guarded
+
+
 def client_ip() -> str | None:
     return (request.remote_addr or "")[:45] or None
 
 
-def audit(session, action: str, target: tuple[str, int] | None = None, **details) -> None:
-    """An audit event by the current user, in `session`'s transaction."""
+def audit(session, action: str, target: tuple[str, int] | None = None, *, site: int | None = None,
+          **details) -> None:
+    """An audit event by the current user, in `session`'s transaction; `site`: the site whose data it
+    concerns, whose admins read it (None: the deployment's admins only)."""
     actor = current_user.id if current_user.is_authenticated else None
     if getattr(current_user, "via_token", False):
         details.setdefault("via", "token")
-    record(session, action, actor_id=actor, target=target, details=details, ip=client_ip())
+    event = record(session, action, actor_id=actor, target=target, details=details, ip=client_ip())
+    event.site_id = site  # set before the flush: the row is inserted with it, never updated
 
 
 def _refused(limit: str) -> None:

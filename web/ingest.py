@@ -20,15 +20,31 @@ from werkzeug.datastructures import FileStorage
 from triage.db import insert_ignoring_conflicts
 from triage.imaging import RejectedImage, sanitize
 from triage.jobs import enqueue_analysis
+from triage.manifest import Fields, Manifest, Problem, parse_rows
 from triage.names import display_name
 from triage.rejections import Refusal, record_refusals
-from triage.schema import Analysis, Image, ImageStatus
+from triage.schema import Analysis, Batch, Image, ImageStatus, Lesion, Patient, utcnow
 from triage.store import sha256_hex
 
 from .services import Services
 
 log = logging.getLogger(__name__)
 ALREADY_IN_BATCH = "The same file is already in this batch."
+NO_FIELDS = dict(lesion_id=None, age=None, sex=None, fitzpatrick=None, clinical_note=None)
+
+
+class ManifestRejected(Exception):
+    """The request's manifest cannot be applied as a whole (two rows disagree, a lesion is recorded for
+    another patient): nothing of the request is stored. The problems name rows, never identifiers."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(f"{len(problems)} problems with the manifest")
+        self.problems = problems
+
+    def as_dict(self) -> dict:
+        count = len(self.problems)
+        return {"error": f"The manifest has {count} {'problem' if count == 1 else 'problems'}; nothing was uploaded.",
+                "problems": [p.as_dict() for p in self.problems]}
 
 
 @dataclass
@@ -61,17 +77,19 @@ RESULT_STATUSES = ("accepted", "duplicate", "rejected")
 
 def ingest(svc: Services, batch_id: int, files: list[FileStorage],
            record: Callable[[Session, dict[str, int]], None] | None = None,
-           uploader_id: int | None = None) -> list[FileResult]:
+           uploader_id: int | None = None, manifest: Manifest | None = None) -> list[FileResult]:
     """One result per file, in the order sent. `record(session, summary)` is called in the transaction
     that adds the rows and the record of the rejected files (by `uploader_id`), with the count of files
     per result, so an upload's audit event, its images and its refusals are committed together or not
-    at all."""
-    results, firsts = _hash_files(svc, files)
+    at all. `manifest` (checked by `checked_manifest`) says what the clinic said about each file: a file
+    whose row has a bad field is rejected with the row's problems and never decoded or stored."""
+    manifest = manifest or Manifest()
+    results, firsts = _hash_files(svc, files, manifest)
     pending = _drop_known(svc, batch_id, firsts)
     created_keys: list[str] = []
     try:
         stored = _store_files(svc, pending, created_keys)
-        accepted = _add_rows(svc, batch_id, stored, firsts, results, record, uploader_id)
+        accepted = _add_rows(svc, batch_id, stored, firsts, results, record, uploader_id, manifest)
     except BaseException:
         _forget_files(svc, created_keys)  # nothing was committed: leave no file behind
         raise
@@ -84,8 +102,9 @@ def summarise(results: list[FileResult]) -> dict[str, int]:
     return {status: sum(1 for r in results if r.status == status) for status in RESULT_STATUSES}
 
 
-def _hash_files(svc: Services, files: list[FileStorage]) -> tuple[list[FileResult], list[_Pending]]:
-    """Size limit and SHA-256 of each file; a second copy within the request waits for its first."""
+def _hash_files(svc: Services, files: list[FileStorage],
+                manifest: Manifest) -> tuple[list[FileResult], list[_Pending]]:
+    """Size limit, manifest row and SHA-256 of each file; a second copy within the request waits for its first."""
     limit = svc.settings.max_file_bytes
     results: list[FileResult] = []
     pending: list[_Pending] = []
@@ -93,6 +112,11 @@ def _hash_files(svc: Services, files: list[FileStorage]) -> tuple[list[FileResul
     for upload in files:
         result = FileResult(display_name(upload.filename), "rejected")
         results.append(result)
+        refused = manifest.row_problems(result.name)
+        if refused:  # recorded like any refusal, by size and hash, with the row's problems as the reason
+            result.size, result.sha256 = _hash_rest(b"", upload.stream)
+            result.reason = "Not taken: " + "; ".join(str(p) for p in refused)
+            continue
         raw = upload.stream.read(limit + 1)
         if len(raw) > limit:
             result.size, result.sha256 = _hash_rest(raw, upload.stream)
@@ -157,17 +181,18 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
         p.row = dict(display_name=p.result.name, sha256=p.digest, store_key=key, size_bytes=p.size,
                      width=clean.width, height=clean.height, format=clean.source_format,
                      stored_format=clean.format, phash=clean.phash,
-                     status=ImageStatus.RECEIVED)
+                     status=ImageStatus.RECEIVED, **NO_FIELDS)
         stored.append(p)
     return stored
 
 
 def _add_rows(svc: Services, batch_id: int, stored: list[_Pending], firsts: list[_Pending],
-              results: list[FileResult], record, uploader_id: int | None) -> list[int]:
+              results: list[FileResult], record, uploader_id: int | None, manifest: Manifest) -> list[int]:
     """One short transaction. A file that another request added to the batch meanwhile (the same
     folder uploaded twice at once) loses the race on the unique (batch, sha256) key and becomes a
     duplicate; nothing else in the request is affected. Returns the ids of the rows added."""
     with svc.db.session() as s:
+        _apply_fields(s, stored, manifest, batch_id)
         inserted, winners = _insert_rows(s, batch_id, stored) if stored else ({}, {})
         for p in stored:
             if p.digest in inserted:
@@ -235,3 +260,77 @@ def _enqueue(svc: Services, ids: list[int]) -> None:
     with svc.db.session() as s:
         s.execute(update(Image).where(Image.id.in_(ids), Image.status == ImageStatus.RECEIVED)
                   .values(status=ImageStatus.QUEUED))
+
+
+# --------------------------------------------------------------------------- patients and lesions
+
+def checked_manifest(svc: Services, entries, names: list[str], site_id: int) -> Manifest:
+    """The request's manifest rows (`triage.manifest.parse_rows`), checked against its files and against
+    the lesions already recorded. Problems of the manifest as a whole raise ManifestRejected, before
+    anything is stored; a row's own problems refuse only its file (in `ingest`)."""
+    manifest = parse_rows(entries, names)
+    with svc.db.session() as s:
+        stored = stored_problems(s, manifest, site_id)
+    if stored or manifest.whole_problems():
+        raise ManifestRejected(manifest.problems + stored)  # every problem, the rows' own among them
+    return manifest
+
+
+def stored_problems(s: Session, manifest: Manifest, site_id: int) -> list[Problem]:
+    """Rows that contradict what is recorded at the site: a lesion of another patient, or at another
+    body site. Another site's lesions are another clinic's ids: never compared, never revealed."""
+    lesions = sorted({f.lesion for f in manifest.files.values()})
+    stored: dict[str, tuple[str, str | None]] = {}
+    for start in range(0, len(lesions), 500):
+        stored.update((lesion, (patient, site)) for lesion, patient, site in s.execute(
+            select(Lesion.external_id, Patient.external_id, Lesion.body_site).join(Patient, Patient.id == Lesion.patient_id)
+            .where(Lesion.site_id == site_id, Lesion.external_id.in_(lesions[start:start + 500]))))
+    problems = []
+    for path, fields in manifest.files.items():
+        patient, site = stored.get(fields.lesion, (fields.patient, None))
+        row = manifest.rows.get(path)
+        if patient != fields.patient:
+            problems.append(Problem("its lesion is already recorded for another patient: a lesion belongs to one "
+                                    "patient.", row, "patient", path))
+        if site and fields.body_site and site != fields.body_site:
+            problems.append(Problem(f"its lesion is already recorded at another body site ({site}).", row,
+                                    "body_site", path))
+    return problems
+
+
+def _apply_fields(s: Session, stored: list[_Pending], manifest: Manifest, batch_id: int) -> None:
+    """Each stored file's row gets its lesion (recorded now if new) and the visit's context. Runs in the
+    transaction that adds the images; a request that raced ours to record a lesion differently is caught
+    here, and then nothing of ours is committed."""
+    named = [(p, manifest.files[p.result.name]) for p in stored if p.result.name in manifest.files]
+    if not named:
+        return
+    site_id = s.scalar(select(Batch.site_id).where(Batch.id == batch_id))  # the batch's clinic owns its ids
+    lesion_ids = _record_lesions(s, [fields for _, fields in named], site_id)
+    problems = stored_problems(s, manifest, site_id)
+    if problems:
+        raise ManifestRejected(problems)
+    for p, fields in named:
+        p.row.update(lesion_id=lesion_ids[fields.lesion], age=fields.age, sex=fields.sex,
+                     fitzpatrick=fields.fitzpatrick, clinical_note=fields.note)
+
+
+def _record_lesions(s: Session, named: list[Fields], site_id: int) -> dict[str, int]:
+    """{lesion id: row id}, recording the patients and lesions not seen before; a lesion recorded without
+    a body site gets the one given now."""
+    bind = s.get_bind()
+    patients = sorted({f.patient for f in named})
+    s.execute(insert_ignoring_conflicts(bind, Patient.__table__, "site_id", "external_id"),
+              [{"site_id": site_id, "external_id": p, "created_at": utcnow()} for p in patients])
+    patient_ids = dict(s.execute(select(Patient.external_id, Patient.id)
+                                 .where(Patient.site_id == site_id, Patient.external_id.in_(patients))).all())
+    sites = {f.lesion: f.body_site for f in named if f.body_site}
+    first = {f.lesion: f for f in reversed(named)}  # the manifest agrees with itself: any row of a lesion will do
+    s.execute(insert_ignoring_conflicts(bind, Lesion.__table__, "site_id", "external_id"),
+              [{"site_id": site_id, "external_id": lesion, "patient_id": patient_ids[f.patient],
+                "body_site": sites.get(lesion), "created_at": utcnow()} for lesion, f in sorted(first.items())])
+    for lesion, site in sites.items():
+        s.execute(update(Lesion).where(Lesion.site_id == site_id, Lesion.external_id == lesion,
+                                       Lesion.body_site.is_(None)).values(body_site=site))
+    return dict(s.execute(select(Lesion.external_id, Lesion.id)
+                          .where(Lesion.site_id == site_id, Lesion.external_id.in_(sorted(first)))).all())

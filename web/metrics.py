@@ -11,11 +11,14 @@ from flask import Blueprint, Response
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from triage import duties, heartbeat
 from triage.schema import Analysis, Image, ImageStatus
 
+from triage.sites import visible_batch_ids
+
+from .auth import my_sites
 from .services import Services, services
 
 bp = Blueprint("metrics", __name__)
@@ -30,17 +33,24 @@ def count_files(results: list[dict]) -> None:
 
 
 class _State:
-    """Gauges computed from the database and the broker when scraped."""
+    """Gauges computed from the database and the broker when scraped. Counts of images and analyses are
+    of the scraper's sites (`sites`, triage.sites; None: every site); the broker's queue depth, workers
+    and duties are the deployment's machinery, the same for everyone."""
 
-    def __init__(self, svc: Services):
+    def __init__(self, svc: Services, sites=None):
         self.svc = svc
+        self.sites = sites
 
     def collect(self):
         images = GaugeMetricFamily("dermatriage_images", "Images by status", labels=["status"])
         priorities = GaugeMetricFamily("dermatriage_analyses", "Analyses by triage priority", labels=["priority"])
         with self.svc.db.session() as s:
-            by_status = dict(s.execute(select(Image.status, func.count()).group_by(Image.status)).all())
-            by_priority = dict(s.execute(select(Analysis.priority, func.count()).group_by(Analysis.priority)).all())
+            batches = Image.batch_id.in_(visible_batch_ids(self.sites)) if self.sites is not None else true()
+            by_status = dict(s.execute(select(Image.status, func.count()).where(batches)
+                                       .group_by(Image.status)).all())
+            by_priority = dict(s.execute(select(Analysis.priority, func.count())
+                                         .join(Image, Image.id == Analysis.image_id).where(batches)
+                                         .group_by(Analysis.priority)).all())
         for status in ImageStatus.ALL:
             images.add_metric([status], by_status.get(status, 0))
         for priority, n in sorted(by_priority.items()):
@@ -77,5 +87,7 @@ def _duty_metrics(report: dict[str, dict]):
 @bp.get("/metrics")
 def metrics():
     state = CollectorRegistry()
-    state.register(_State(services()))
+    with services().db.session() as s:
+        sites = my_sites(s)
+    state.register(_State(services(), sites))
     return Response(generate_latest(_PROCESS) + generate_latest(state), mimetype=CONTENT_TYPE_LATEST)

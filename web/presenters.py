@@ -6,8 +6,9 @@ from sqlalchemy import func, select
 
 from triage.catalogue import CLASSES, DISCLAIMER, UNTRAINED_WARNING, class_name, classes_of, named_probabilities
 from triage.names import display_name
-from triage.results import batch_results, iso, untrained_in_batch
+from triage.results import batch_results, clinical_view, iso, untrained_in_batch
 from triage.schema import Batch, CaseState, Image, ImageStatus, RejectedFile, ReviewCase, User
+from triage.sites import in_sites
 
 
 def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
@@ -45,13 +46,14 @@ def batch_dict(session, batch_id: int, with_images: bool = True) -> dict | None:
     return out
 
 
-def recent_batches(session, limit: int = 20) -> list[dict]:
-    """The newest batches with their image counts and how many files their uploads refused: a batch
-    whose every file was rejected shows why it is empty."""
+def recent_batches(session, limit: int = 20, sites=None) -> list[dict]:
+    """The newest batches of `sites` (triage.sites; None: every site) with their image counts and how
+    many files their uploads refused: a batch whose every file was rejected shows why it is empty."""
     refused = select(func.count()).where(RejectedFile.batch_id == Batch.id).scalar_subquery()
     rows = session.execute(
         select(Batch.id, Batch.name, Batch.created_at, func.count(Image.id), User.username, refused)
         .outerjoin(Image, Image.batch_id == Batch.id).outerjoin(User, User.id == Batch.created_by_id)
+        .where(in_sites(Batch.site_id, sites))
         .group_by(Batch.id, User.username).order_by(Batch.id.desc()).limit(limit)).all()
     return [{"id": r[0], "name": r[1], "created_at": r[2], "images": r[3], "uploader": r[4], "not_taken": r[5]}
             for r in rows]
@@ -72,6 +74,7 @@ def case_view(analysis, image, batch, case, history: list[dict]) -> dict:
         "file_url": f"/images/{image.id}/file",
         "heatmap_url": f"/images/{image.id}/heatmap" if analysis.heatmap_key else None,
         "near_duplicate_of": image.near_duplicate_of_id,
+        **clinical_view(image),
         "model_version": analysis.model_version, "model_trained": analysis.model_trained,
         "top_class": analysis.top_class,
         "top_class_name": class_name(analysis.top_class),

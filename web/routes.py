@@ -9,40 +9,64 @@ from flask_login import current_user
 from triage.catalogue import CLASSES, DISCLAIMER
 from triage.ids import parse_id
 from triage.schema import Analysis, Batch, Image
+from triage.sites import SiteError, batch_in, image_in, site_choices, site_of_batch, upload_site
 
-from .auth import audit
+from .auth import audit, my_sites
 from .health import health_report
 from .ingest import ingest, summarise
 from .metrics import count_files
 from .presenters import batch_dict, recent_batches
 from .services import services
-from .upload_api import upload_limits
+from .upload_api import request_manifest, upload_limits
 
 bp = Blueprint("portal", __name__)
 MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
-def _new_batch(name: str | None) -> int:
+def _new_batch(name: str | None, site_id: int) -> int:
     name = (name or "").strip()[:200] or datetime.utcnow().strftime("Batch %Y-%m-%d %H:%M:%S")
     with services().db.session() as s:
-        batch = Batch(name=name, created_by_id=current_user.id)
+        batch = Batch(name=name, created_by_id=current_user.id, site_id=site_id)
         s.add(batch)
         s.flush()
-        audit(s, "batch.create", ("batch", batch.id), name=name)
+        audit(s, "batch.create", ("batch", batch.id), site=site_id, name=name)
         return batch.id
+
+
+def _chosen_site(value) -> int:
+    """The site a new batch goes to (`site` field or query parameter; else the user's only site).
+    Raises SiteError, answered 400."""
+    wanted = parse_id(value) if value not in (None, "") else None
+    if value not in (None, "") and wanted is None:
+        raise SiteError(f"No site {value!r} of yours.")
+    with services().db.session() as s:
+        return upload_site(s, current_user, wanted)
+
+
+@bp.app_errorhandler(SiteError)
+def site_error(exc: SiteError):
+    """An upload that names no site (or one not the user's) when it has to: a clear 400."""
+    if request.path.startswith("/api/") or request.is_json:
+        return jsonify(error=str(exc)), 400
+    return render_template("error.html", code=400, message=str(exc)), 400
 
 
 def _batch_urls(batch_id: int) -> dict:
     return {"batch_id": batch_id, "batch_url": f"/batches/{batch_id}", "api_url": f"/api/batches/{batch_id}"}
 
 
-def _existing_batch(value) -> int | None:
-    """The id of an existing batch named by a form field, or None (then a new batch is made)."""
+def _existing_batch(value, strict: bool = False) -> int | None:
+    """The id of an existing batch of the user's sites named by a form field, or None (then a new batch
+    is made). `strict`: a batch named but not found (or of another site) is a 404, not a new batch."""
     batch_id = parse_id(value)
     if batch_id is None:
         return None
     with services().db.session() as s:
-        return batch_id if s.get(Batch, batch_id) is not None else None
+        if batch_in(s, batch_id, my_sites(s)) is not None:
+            return batch_id
+    if strict:
+        abort(404)
+    return None
 
 
 def _files_or_error():
@@ -61,9 +85,17 @@ def _upload(batch_id: int | None):
     if error:
         return None, error
     if batch_id is None:
-        batch_id = _new_batch(request.form.get("name"))
-    outcome = ingest(services(), batch_id, files, uploader_id=current_user.id,
-                     record=lambda s, summary: audit(s, "batch.upload", ("batch", batch_id), **summary))
+        site_id = _chosen_site(request.values.get("site"))
+    else:
+        with services().db.session() as s:
+            site_id = site_of_batch(s, batch_id)
+    # Before a new batch is made: a manifest wrong as a whole (ManifestRejected, a 422) stores nothing.
+    manifest = request_manifest(services(), request.form.get("manifest"), files, site_id)
+    if batch_id is None:
+        batch_id = _new_batch(request.form.get("name"), site_id)
+    outcome = ingest(services(), batch_id, files, uploader_id=current_user.id, manifest=manifest,
+                     record=lambda s, summary: audit(s, "batch.upload", ("batch", batch_id), site=site_id,
+                                                     **summary))
     results = [r.as_dict() for r in outcome]
     count_files(results)
     return {**_batch_urls(batch_id), "files": results, **summarise(outcome)}, None
@@ -74,18 +106,19 @@ def index():
     """The upload page. `?batch=<id>` preselects a batch to add to (the batch page links here)."""
     selected = _existing_batch(request.args.get("batch"))
     with services().db.session() as s:
-        batches = recent_batches(s)
+        batches = recent_batches(s, sites=my_sites(s))
         choices = [(b["id"], b["name"]) for b in batches]
         if selected and selected not in {b["id"] for b in batches}:
             choices.insert(0, (selected, s.get(Batch, selected).name))
+        sites = site_choices(s, current_user)
     return render_template("index.html", batches=batches, choices=choices, selected=selected,
-                           limits=upload_limits(services().settings))
+                           limits=upload_limits(services().settings), sites=sites)
 
 
 @bp.post("/upload")
 def upload_form():
     """The upload form without JavaScript: one request with every chosen file."""
-    body, error = _upload(_existing_batch(request.form.get("batch")))
+    body, error = _upload(_existing_batch(request.form.get("batch"), strict=True))
     if error:
         return render_template("index.html", batches=[], choices=[], limits=upload_limits(services().settings),
                                error=error[0]), error[1]
@@ -97,7 +130,7 @@ def upload_form():
 @bp.get("/batches/<id:batch_id>")
 def batch_page(batch_id: int):
     with services().db.session() as s:
-        batch = batch_dict(s, batch_id)
+        batch = batch_dict(s, batch_id) if batch_in(s, batch_id, my_sites(s)) else None
     if batch is None:
         abort(404)
     return render_template("batch.html", batch=batch, upload=None)
@@ -111,7 +144,9 @@ def api_create_batch():
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             return jsonify(error='Send JSON such as {"name": "Clinic A, 24 Nov"}.'), 400
-        batch_id = _new_batch(body.get("name") if isinstance(body.get("name"), str) else None)
+        site = body.get("site", request.args.get("site"))
+        batch_id = _new_batch(body.get("name") if isinstance(body.get("name"), str) else None,
+                              _chosen_site(str(site) if site is not None else None))
         return jsonify({**_batch_urls(batch_id), "files": [], "accepted": 0, "duplicate": 0, "rejected": 0}), 201
     body, error = _upload(None)
     if error:
@@ -122,7 +157,7 @@ def api_create_batch():
 @bp.post("/api/batches/<id:batch_id>/images")
 def api_add_images(batch_id: int):
     with services().db.session() as s:
-        if s.get(Batch, batch_id) is None:
+        if batch_in(s, batch_id, my_sites(s)) is None:
             return jsonify(error=f"Batch {batch_id} does not exist."), 404
     body, error = _upload(batch_id)
     if error:
@@ -133,7 +168,8 @@ def api_add_images(batch_id: int):
 @bp.get("/api/batches/<id:batch_id>")
 def api_batch(batch_id: int):
     with services().db.session() as s:
-        batch = batch_dict(s, batch_id, with_images=request.args.get("images") != "0")
+        visible = batch_in(s, batch_id, my_sites(s)) is not None
+        batch = batch_dict(s, batch_id, with_images=request.args.get("images") != "0") if visible else None
     if batch is None:
         return jsonify(error=f"Batch {batch_id} does not exist."), 404
     return jsonify(batch)
@@ -160,7 +196,7 @@ def _stored_file(key: str | None, mimetype: str) -> Response:
 @bp.get("/images/<id:image_id>/file")
 def image_file(image_id: int):
     with services().db.session() as s:
-        image = s.get(Image, image_id)
+        image = image_in(s, image_id, my_sites(s))
         if image is None:
             abort(404)
         key, stored_format = image.store_key, image.stored_format
@@ -170,6 +206,8 @@ def image_file(image_id: int):
 @bp.get("/images/<id:image_id>/heatmap")
 def image_heatmap(image_id: int):
     with services().db.session() as s:
+        if image_in(s, image_id, my_sites(s)) is None:
+            abort(404)
         key = s.query(Analysis.heatmap_key).filter(Analysis.image_id == image_id) \
             .order_by(Analysis.id.desc()).limit(1).scalar()
     return _stored_file(key, "image/png")

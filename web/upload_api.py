@@ -2,25 +2,30 @@
 
 `GET /api/uploads/limits` tells it how to cut a folder into requests the server will take, and
 `POST /api/batches/<id>/missing` which files a batch still lacks, so an interrupted upload resumes
-by sending only those. Files are named by the SHA-256 of their bytes where the client can compute
+by sending only those, and `POST /api/uploads/manifest` whether the folder's manifest (or its
+<patient>/<lesion>/ folders) holds, and what each photograph's fields are, before anything is sent. Files are named by the SHA-256 of their bytes where the client can compute
 it, else by the folder-relative path they were uploaded under. `POST /api/batches/<id>/skipped` is
 what it tells: the files of the folder it did not send, recorded with the batch like rejected ones.
 """
 from __future__ import annotations
 
+import json
 import re
 
 from flask import Blueprint, jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
 
+from triage.ids import parse_id
 from triage.imaging import ACCEPTED_FORMATS
+from triage.manifest import LAYOUT, Manifest, Problem, from_layout, parse_csv
 from triage.names import display_name
 from triage.rejections import SKIPPED, Refusal, record_refusals
 from triage.schema import Batch, Image
+from triage.sites import SiteError, batch_in, upload_site
 
-from .auth import audit
-from .ingest import known_hashes
+from .auth import audit, my_sites
+from .ingest import ManifestRejected, checked_manifest, known_hashes, stored_problems
 from .services import services
 
 bp = Blueprint("uploads", __name__)
@@ -39,6 +44,65 @@ def upload_limits(settings) -> dict:
             "formats": list(ACCEPTED_FORMATS), "extensions": list(EXTENSIONS)}
 
 
+@bp.app_errorhandler(ManifestRejected)
+def manifest_rejected(exc: ManifestRejected):
+    """Whatever route the upload came by: every problem, and nothing stored."""
+    return jsonify(exc.as_dict()), 422
+
+
+def request_manifest(svc, part: str | None, files, site_id: int) -> Manifest | None:
+    """The `manifest` form part of an upload (JSON rows, keyed by each file's name as sent), checked
+    against the lesions recorded at `site_id`; None when there is none. Raises ManifestRejected."""
+    if part is None:
+        return None
+    try:
+        entries = json.loads(part)
+    except ValueError:
+        raise ManifestRejected([Problem("The `manifest` part is not JSON.")]) from None
+    return checked_manifest(svc, entries, [f.filename or "" for f in files], site_id)
+
+
+@bp.post("/api/uploads/manifest")
+def check_manifest():
+    """JSON `{"files": [paths in the folder], "manifest": "<manifest.csv's text>"}` or `{"files": [...],
+    "layout": "patient/lesion"}` -> 200 with each named photograph's fields, or 422 with every problem.
+    What both uploaders ask before they create a batch or send a photograph; nothing is stored."""
+    body = request.get_json(silent=True)
+    files, text, layout = _manifest_request(body)
+    if files is None:
+        return jsonify(error='Send JSON: {"files": ["room 1/a.jpg", ...], "manifest": "path,patient,..."} '
+                             f'or {{"files": [...], "layout": "{LAYOUT}"}}.'), 400
+    if text is not None and layout:
+        manifest = Manifest(problems=[Problem(f"The folder has a manifest and the {LAYOUT} folder convention was "
+                                              "chosen too: use one or the other.")])
+    else:
+        manifest = parse_csv(text, files) if text is not None else from_layout(files)
+    problems = list(manifest.problems)
+    with services().db.session() as s:
+        # Checked against the site the upload will go to (`site`, as for a new batch; else the only one).
+        site = body.get("site", request.args.get("site"))
+        try:
+            site_id = upload_site(s, current_user, parse_id(site) if site not in (None, "") else None)
+        except SiteError as exc:
+            return jsonify(error=str(exc)), 400
+        problems += stored_problems(s, manifest, site_id)
+    if problems:
+        return jsonify(ManifestRejected(problems).as_dict()), 422
+    return jsonify(files={path: fields.as_dict() for path, fields in manifest.files.items()},
+                   named=len(manifest.files))
+
+
+def _manifest_request(body) -> tuple[list[str] | None, str | None, bool]:
+    if not isinstance(body, dict):
+        return None, None, False
+    files, text, layout = body.get("files"), body.get("manifest"), body.get("layout")
+    if not (isinstance(files, list) and len(files) <= MAX_LOOKUP and all(isinstance(f, str) for f in files)):
+        return None, None, False
+    if not (text is None or isinstance(text, str)) or layout not in (None, "", LAYOUT) or (text is None and not layout):
+        return None, None, False
+    return files, text, bool(layout)
+
+
 @bp.get("/api/uploads/limits")
 def limits():
     return jsonify(upload_limits(services().settings))
@@ -54,7 +118,7 @@ def missing(batch_id: int):
         return jsonify(error=error), 400
     svc = services()
     with svc.db.session() as s:
-        if s.get(Batch, batch_id) is None:
+        if batch_in(s, batch_id, my_sites(s)) is None:
             return jsonify(error=f"Batch {batch_id} does not exist."), 404
     by_hash = known_hashes(svc, batch_id, sorted(set(hashes))) if hashes else {}
     by_name = _known_names(batch_id, names) if names else {}
@@ -103,10 +167,11 @@ def skipped(batch_id: int):
     if error:
         return jsonify(error=error), 400
     with services().db.session() as s:
-        if s.get(Batch, batch_id) is None:
+        batch = batch_in(s, batch_id, my_sites(s))
+        if batch is None:
             return jsonify(error=f"Batch {batch_id} does not exist."), 404
         recorded = record_refusals(s, batch_id, current_user.id, refusals)
-        audit(s, "batch.skip", ("batch", batch_id), reported=len(refusals), recorded=recorded)
+        audit(s, "batch.skip", ("batch", batch_id), site=batch.site_id, reported=len(refusals), recorded=recorded)
     return jsonify(batch_id=batch_id, recorded=recorded)
 
 

@@ -41,9 +41,12 @@ def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_at
     """
     now = utcnow()
     with db.session() as s:
+        # The job's own image waits for a lock rather than skipping it: the lock's holder is brief (the
+        # portal marking it queued just after sending this job, or another worker's claim), and a skip
+        # would leave the image to the reconciler, minutes later.
         first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts, Image.claimed_by,
                                           Image.lease_expires_at)
-                                .where(Image.id == image_id, _claimable(now, node)))).first()
+                                .where(Image.id == image_id, _claimable(now, node)), wait=True)).first()
         if first is None:
             return [], []
         if first.claimed_by == node and first.lease_expires_at and first.lease_expires_at >= now:
@@ -88,11 +91,12 @@ def _take(session, rows, now, lease_s: int, node: str) -> list[Claimed]:
     return [Claimed(r.id, r.store_key, r.attempts + 1) for r in rows]
 
 
-def _lock(session, stmt):
-    # PostgreSQL: skip rows another worker is claiming right now. SQLite: BEGIN IMMEDIATE already
-    # serialises writers, so plain selects are safe.
+def _lock(session, stmt, wait: bool = False):
+    # PostgreSQL: skip rows another worker is claiming right now (or, with `wait`, wait for them and see
+    # them as they are after that commit). SQLite: BEGIN IMMEDIATE already serialises writers, so plain
+    # selects are safe.
     if session.get_bind().dialect.name == "postgresql":
-        return stmt.with_for_update(skip_locked=True)
+        return stmt.with_for_update(skip_locked=not wait)
     return stmt
 
 

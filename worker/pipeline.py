@@ -134,7 +134,8 @@ class Written:
 def write_outcomes(db: Database, store: ImageStore, outcomes: list[Outcome], *, node: str, model_version: str,
                    model_trained: bool, thresholds: dict, near_duplicate_distance: int, settings: Settings) -> Written:
     """Write every result of a forward pass in one transaction, with the cases it opens in the review
-    queue (audit draw, older analyses superseded) and the notifications of urgent ones (`settings`).
+    queue (audit draw, older analyses superseded, the patient's place in the queue by patient recomputed
+    under the patient's lock: triage.reviews `regroup`) and the notifications of urgent ones (`settings`).
 
     Idempotent: an analysis is inserted only if none exists for (image, model version), and a status
     changes only while this node still holds the image's claim; a case and its notification come only

@@ -11,6 +11,11 @@
 // the server is asked by SHA-256 where the browser can compute one (crypto.subtle exists only on
 // https:// and localhost pages), else by name.
 //
+// A manifest.csv at the top of a folder (or, ticked, the folder convention <patient>/<lesion>/) says
+// whose lesion each photograph shows. The server checks it before a batch is made or a photograph is
+// sent (the same rules as for every uploader); if anything is wrong, every problem is listed and
+// nothing is uploaded. Each request then carries its files' fields as its `manifest` part.
+//
 // No inline script (the CSP forbids it) and nothing from outside this server.
 (function () {
   "use strict";
@@ -24,6 +29,8 @@
   var TRANSIENT = [0, 429, 500, 502, 503, 504];
   var SYSTEM_FILES = ["thumbs.db", "desktop.ini"];
   var LABELS = {already: "already in the batch"};  // states are shown by their names, but for this one
+  var MANIFEST = "manifest.csv";
+  var LAYOUT = "patient/lesion";
   var extensions = form.getAttribute("data-extensions").split(",");
   var maxFileBytes = Number(form.getAttribute("data-max-file-bytes"));
   var filesPerRequest = Math.min(10, Number(form.getAttribute("data-max-files")));
@@ -35,9 +42,11 @@
     summary: document.getElementById("bulk-summary"), bar: document.getElementById("bulk-progress"),
     percent: document.getElementById("bulk-percent"), status: document.getElementById("bulk-status"),
     rows: document.getElementById("bulk-files"), dropzone: document.getElementById("dropzone"),
-    button: form.querySelector("button[type=submit]")
+    button: form.querySelector("button[type=submit]"), layout: document.getElementById("layout"),
+    problems: document.getElementById("manifest-problems")
   };
   var files = [];  // {file, path, size, state, detail, row} for everything chosen
+  var manifests = {};  // top folder -> its manifest.csv (a File), which is read, never sent as a photograph
   var run = null;  // the upload under way or last finished: {batchId, names (image id -> path), stopped, done}
 
   // ------------------------------------------------------------------ choosing
@@ -56,6 +65,13 @@
   function choose(picked) {
     if (run && !run.done) { return; }  // one upload at a time
     run = null;
+    showProblems([]);
+    manifests = {};
+    picked = picked.filter(function (p) {
+      var parts = p.path.split("/");
+      if (parts.length === 2 && parts[1] === MANIFEST) { manifests[parts[0]] = p.file; return false; }
+      return true;
+    });
     files = picked.filter(function (p) { return !ignored(p.path); })
       .sort(function (a, b) { return a.path < b.path ? -1 : a.path > b.path ? 1 : 0; })
       .map(function (p) {
@@ -66,7 +82,8 @@
     drawTable();
     var photos = files.filter(function (f) { return f.photo; });
     view.chosen.textContent = photos.length + " photographs (" + megabytes(total(photos)) + ") and " +
-      (files.length - photos.length) + " other files chosen.";
+      (files.length - photos.length) + " other files chosen." +
+      (Object.keys(manifests).length ? " With " + MANIFEST + ": it is checked before anything is sent." : "");
     view.status.textContent = suggestBatch();
     showProgress();
   }
@@ -317,6 +334,10 @@
     group.forEach(function (f) { setState(f, "uploading", attempt > 1 ? "attempt " + attempt + " of " + ATTEMPTS : ""); });
     var body = new FormData();
     group.forEach(function (f) { body.append("files", f.file, f.path); });
+    var rows = group.filter(function (f) { return run.fields[f.path]; }).map(function (f) {
+      return Object.assign({path: f.path}, run.fields[f.path]);
+    });
+    if (rows.length) { body.append("manifest", JSON.stringify(rows)); }
     return request("POST", "/api/batches/" + run.batchId + "/images", body).then(function (answer) {
       return answered(group, attempt, answer);
     });
@@ -380,6 +401,64 @@
     });  // otherwise the photographs matter more than this record of what was not sent
   }
 
+  // ------------------------------------------------------------------ the manifest
+
+  function ManifestProblems(problems) { this.problems = problems; }
+
+  // Ask the server to read each top folder's manifest (or its <patient>/<lesion>/ folders) against the
+  // folder's photographs; resolve to {name as sent: fields}, or reject with every problem.
+  // A user of several sites chooses the new batch's site on the page; the manifest is checked at that site.
+  function withSite(body) {
+    var site = form.elements.site ? form.elements.site.value : "";
+    if (site) { body.site = Number(site); }
+    return body;
+  }
+
+  function checkManifests() {
+    var layout = view.layout && view.layout.checked ? LAYOUT : null;
+    var photos = files.filter(function (f) { return f.photo; });
+    var fields = {};
+    var problems = [];
+    var checked = roots().filter(function (root) { return manifests[root] || layout; });
+    return checked.reduce(function (chain, root) {
+      var inside = photos.filter(function (f) { return f.path.indexOf(root + "/") === 0; })
+        .map(function (f) { return f.path.slice(root.length + 1); });
+      return chain.then(function () {
+        return manifests[root] ? manifests[root].text() : null;
+      }).then(function (text) {
+        return request("POST", "/api/uploads/manifest", withSite({files: inside, manifest: text, layout: layout}));
+      }).then(function (answer) {
+        var stop = fatal(answer);
+        if (stop) { throw stop; }
+        var where = root + "/" + (manifests[root] ? MANIFEST : "") + " ";
+        if (answer.status === 422) {
+          answer.json.problems.forEach(function (p) { problems.push(where + p.text); });
+        } else if (answer.status !== 200) {
+          throw new Stop(answer.json.error || "The server answered " + answer.status + " about " + where + ".");
+        } else {
+          Object.keys(answer.json.files).forEach(function (p) { fields[root + "/" + p] = answer.json.files[p]; });
+        }
+      });
+    }, Promise.resolve()).then(function () {
+      if (problems.length) { throw new ManifestProblems(problems); }
+      return fields;
+    });
+  }
+
+  function showProblems(problems) {
+    if (!view.problems) { return; }
+    view.problems.hidden = !problems.length;
+    var list = view.problems.querySelector("ul");
+    list.textContent = "";
+    view.problems.querySelector("h2").textContent = problems.length + (problems.length === 1 ? " problem" : " problems") +
+      " with the patients and lesions; nothing was uploaded. Correct them and choose the folder again.";
+    problems.forEach(function (text) {
+      var item = document.createElement("li");
+      item.textContent = text;
+      list.appendChild(item);
+    });
+  }
+
   // ------------------------------------------------------------------ the upload
 
   function cut(photos) {
@@ -409,11 +488,17 @@
       return;
     }
     var resume = Boolean(batchSelect.value);
-    run = {batchId: batchSelect.value, names: {}, stopped: false, done: false};
+    run = {batchId: batchSelect.value, names: {}, fields: {}, stopped: false, done: false};
     view.button.disabled = true;
-    view.status.textContent = "";
+    view.status.textContent = "Checking…";
+    showProblems([]);
     var name = form.elements.name.value.trim();
-    var batch = resume ? Promise.resolve(Number(batchSelect.value)) : callJson("POST", "/api/batches", {name: name || roots().join(", ")});
+    // The manifest first: a wrong one stops everything before a batch is made or a file is sent.
+    var batch = checkManifests().then(function (fields) {
+      run.fields = fields;
+      view.status.textContent = "";
+      return resume ? Number(batchSelect.value) : callJson("POST", "/api/batches", withSite({name: name || roots().join(", ")}));
+    });
     batch.then(function (answer) {
       run.batchId = resume ? answer : answer.batch_id;
       // Dropping the folder again, in this tab or a new one, suggests the same batch.
@@ -435,6 +520,13 @@
       for (var i = 0; i < PARALLEL; i += 1) { workers.push(worker()); }
       return Promise.all(workers);
     }).then(finished, function (error) {
+      if (error instanceof ManifestProblems) {  // nothing was sent: the files stay waiting for a corrected folder
+        run = null;
+        view.button.disabled = false;
+        view.status.textContent = "Nothing was uploaded.";
+        showProblems(error.problems);
+        return;
+      }
       run.stopped = true;
       finished(error instanceof Stop ? error.message : "The upload stopped: " + error);
     });

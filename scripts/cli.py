@@ -14,7 +14,8 @@ def cmd_env(_args) -> None:
     s = get_settings()
     values = {"REDIS_URL": s.redis_url, "DERMATRIAGE_WEB_HOST": s.web_host, "DERMATRIAGE_WEB_PORT": s.web_port,
               "DERMATRIAGE_QUEUE": s.queue_name, "DERMATRIAGE_FLOWER_PORT": s.flower_port,
-              "DERMATRIAGE_FLOWER_USER": s.flower_user, "DERMATRIAGE_FLOWER_PASSWORD": s.flower_password}
+              "DERMATRIAGE_FLOWER_USER": s.flower_user, "DERMATRIAGE_FLOWER_PASSWORD": s.flower_password,
+              "DERMATRIAGE_DATA_DIR": s.data_dir}
     for key, value in values.items():
         print(f"export {key}={shlex.quote(str(value))}")
 

@@ -58,6 +58,18 @@ def test_run_script_serves_analyses_and_stops_on_ctrl_c(tmp_path, redis_server, 
         raise AssertionError(f"processes left running: {_group(proc.pid, details=True)}") from None
 
 
+def test_every_variable_the_run_script_reads_is_set_on_embedded_defaults():
+    """`set -u` stops the run script at an unset variable: each it reads is exported by `dermatriage env`,
+    set by the script itself, or read with a default."""
+    script = (ROOT / "scripts" / "run.sh").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMATRIAGE_") and k != "REDIS_URL"}
+    exported = subprocess.run([sys.executable, "-m", "scripts.cli", "env"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, check=True).stdout
+    known = set(re.findall(r"^export (\w+)=", exported, re.M)) | set(re.findall(r"^\s*(?:export )?(\w+)=", script, re.M))
+    read = set(re.findall(r"\$\{?(DERMATRIAGE_\w+|REDIS_URL)\b(?!:-)", script))
+    assert read - known == set()
+
+
 def _group(pgid: int, details: bool = False) -> list[str]:
     out = subprocess.run(["pgrep", "-a" if details else "-g", *(["-g"] if details else []), str(pgid)],
                          capture_output=True, text=True).stdout

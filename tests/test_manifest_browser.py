@@ -60,3 +60,34 @@ def test_a_bad_manifest_shows_every_problem_and_uploads_nothing(browser, sqlite_
         assert refused == []
     finally:
         page.close()
+
+
+def test_a_user_of_two_sites_uploads_a_folder_with_its_manifest_to_the_site_chosen(browser, sqlite_stack,
+                                                                                    tmp_path):
+    from triage.schema import Role
+    from triage.sites import create_site, only_site, set_membership
+
+    stack = sqlite_stack
+    web = stack.start_web()
+    mia = stack.add_user("mia", Role.UPLOADER)
+    with stack.db.session() as s:
+        first, second = only_site(s), create_site(s, "Clinic B").id
+        set_membership(s, mia, second, Role.UPLOADER)
+    folder = tmp_path / "north"
+    photo_folder(folder, 2, ["room"], first_seed=720)
+    (folder / "manifest.csv").write_text("path,patient,lesion,body_site\nroom/lesion-000.jpg,P-7,L-7,back\n")
+    page = browser.new_page()
+    try:
+        sign_in(page, web.url, username="mia")
+        page.select_option("select#site", str(second))
+        drop_folder(page, folder)
+        wait_for_rows(page, 2)
+        page.click("form.upload button[type=submit]")
+        wait_until_done(page)
+        with stack.db.session() as s:
+            assert list(s.scalars(select(Batch.site_id))) == [second]
+            assert list(s.scalars(select(Patient.site_id))) == [second]  # the pseudonym is the second site's
+            assert s.scalar(select(func.count()).select_from(Image)) == 2
+        assert first != second
+    finally:
+        page.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import false, select, true
 
+from .ids import parse_id
 from .schema import Analysis, AuditEvent, Batch, Image, Role, Site, SiteMembership, User
 
 DEFAULT_SITE_NAME = "Default site"
@@ -91,10 +92,14 @@ def audit_in(sites: Sites):
 
 # --- choosing a site -----------------------------------------------------------------------------
 
-def upload_site(session, user, wanted: int | None) -> int:
-    """The site a new batch goes to: the one asked for, if the user may upload there, else the user's
-    only site. Raises SiteError (a 400) when the user has several and named none; a site the user
-    cannot see is refused like one that does not exist."""
+def upload_site(session, user, asked) -> int:
+    """The site a new batch goes to: the one asked for (`asked`: a form field, query parameter or JSON
+    value, text or number; None or empty for none), if the user may upload there, else the user's only
+    site. Raises SiteError (a 400) when the user has several and named none, or named one that is not
+    theirs: a site the user cannot see is refused like one that does not exist."""
+    wanted = parse_id(str(asked)) if asked not in (None, "") else None
+    if asked not in (None, "") and wanted is None:
+        raise SiteError(f"No site {asked!r} of yours.")
     sites = visible_site_ids(session, user)
     if sites is None:
         sites = frozenset(session.scalars(select(Site.id).where(Site.active.is_(True))))

@@ -36,11 +36,8 @@ def _new_batch(name: str | None, site_id: int) -> int:
 def _chosen_site(value) -> int:
     """The site a new batch goes to (`site` field or query parameter; else the user's only site).
     Raises SiteError, answered 400."""
-    wanted = parse_id(value) if value not in (None, "") else None
-    if value not in (None, "") and wanted is None:
-        raise SiteError(f"No site {value!r} of yours.")
     with services().db.session() as s:
-        return upload_site(s, current_user, wanted)
+        return upload_site(s, current_user, value)
 
 
 @bp.app_errorhandler(SiteError)
@@ -146,7 +143,7 @@ def api_create_batch():
             return jsonify(error='Send JSON such as {"name": "Clinic A, 24 Nov"}.'), 400
         site = body.get("site", request.args.get("site"))
         batch_id = _new_batch(body.get("name") if isinstance(body.get("name"), str) else None,
-                              _chosen_site(str(site) if site is not None else None))
+                              _chosen_site(site))
         return jsonify({**_batch_urls(batch_id), "files": [], "accepted": 0, "duplicate": 0, "rejected": 0}), 201
     body, error = _upload(None)
     if error:

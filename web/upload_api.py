@@ -16,7 +16,6 @@ from flask import Blueprint, jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from triage.ids import parse_id
 from triage.imaging import ACCEPTED_FORMATS
 from triage.manifest import LAYOUT, Manifest, Problem, from_layout, parse_csv
 from triage.names import display_name
@@ -82,7 +81,7 @@ def check_manifest():
         # Checked against the site the upload will go to (`site`, as for a new batch; else the only one).
         site = body.get("site", request.args.get("site"))
         try:
-            site_id = upload_site(s, current_user, parse_id(site) if site not in (None, "") else None)
+            site_id = upload_site(s, current_user, site)
         except SiteError as exc:
             return jsonify(error=str(exc)), 400
         problems += stored_problems(s, manifest, site_id)

@@ -297,11 +297,16 @@ class Portal:
         for start in range(0, len(files), chunk):
             _json_or_fatal(self.call("POST", f"/api/batches/{batch_id}/skipped", json={"files": files[start:start + chunk]}))
 
-    def check_manifest(self, paths: list[str], text: str | None, layout: str | None, site: int | None = None) -> dict:
+    def check_manifest(self, paths: list[str], text: str | None, layout: str | None, site: int | None = None,
+                       batch: int | None = None) -> dict:
         """The server's reading of the manifest (against the lesions recorded at `site`, when given):
         {path in the folder: fields}; raises ManifestProblems."""
         body = {"files": paths, "manifest": text, "layout": layout}
-        response = self.call("POST", "/api/uploads/manifest", json=body if site is None else {**body, "site": site})
+        if batch is not None:  # added to an existing batch: checked at that batch's site
+            body["batch"] = batch
+        elif site is not None:
+            body["site"] = site
+        response = self.call("POST", "/api/uploads/manifest", json=body)
         if response.status_code == 422:
             raise ManifestProblems([p["text"] for p in response.json()["problems"]])
         return _json_or_fatal(response)["files"]
@@ -732,7 +737,7 @@ def read_manifest(run: Run, folder: Path, photos: list[LocalFile], others: dict[
     if text is None and not run.args.layout:
         return {}
     inside = {f.rel.split("/", 1)[1]: f.rel for f in photos}  # the paths the manifest names
-    fields = run.portal.check_manifest(sorted(inside), text, run.args.layout, run.args.site)
+    fields = run.portal.check_manifest(sorted(inside), text, run.args.layout, run.args.site, run.args.batch)
     return {inside[p]: f for p, f in fields.items()}
 
 

@@ -159,3 +159,21 @@ def test_create_site_and_add_to_site_commands(sqlite_stack, tmp_path):
     with stack.db.session() as s:
         site = s.scalar(select(Site.id).where(Site.name == "Clinic North"))
         assert s.scalar(select(SiteMembership.role).where(SiteMembership.site_id == site)) == Role.REVIEWER
+
+
+def test_a_manifest_for_an_existing_batch_is_checked_at_that_batchs_site(sqlite_stack):
+    stack = sqlite_stack
+    mia_id = stack.add_user("mia", Role.UPLOADER)
+    with stack.db.session() as s:
+        site_b = create_site(s, "Clinic B").id
+        set_membership(s, mia_id, site_b, Role.UPLOADER)
+        other = create_site(s, "Clinic C").id
+    mia = _bearer(stack, "mia")
+    batch = mia.post("/api/batches", json={"name": "b", "site": site_b}).get_json()["batch_id"]
+    check = {"files": ["a.jpg"], "manifest": "path,patient,lesion,body_site\na.jpg,P-1,L-1,back\n"}
+    assert mia.post("/api/uploads/manifest", json=check).status_code == 400  # two sites, none named
+    assert mia.post("/api/uploads/manifest", json={**check, "batch": batch}).status_code == 200
+    admin = stack.client
+    elsewhere = admin.post("/api/batches", json={"name": "c", "site": other}).get_json()["batch_id"]
+    assert mia.post("/api/uploads/manifest", json={**check, "batch": elsewhere}).status_code == 404
+    assert mia.post("/api/uploads/manifest", json={**check, "batch": "x"}).status_code == 404

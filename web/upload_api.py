@@ -21,6 +21,7 @@ from triage.manifest import LAYOUT, Manifest, Problem, from_layout, parse_csv
 from triage.names import display_name
 from triage.rejections import SKIPPED, Refusal, record_refusals
 from triage.schema import Batch, Image
+from triage.ids import parse_id
 from triage.sites import SiteError, batch_in, upload_site
 
 from .auth import audit, my_sites
@@ -64,7 +65,7 @@ def request_manifest(svc, part: str | None, files, site_id: int) -> Manifest | N
 @bp.post("/api/uploads/manifest")
 def check_manifest():
     """JSON `{"files": [paths in the folder], "manifest": "<manifest.csv's text>"}` or `{"files": [...],
-    "layout": "patient/lesion"}` -> 200 with each named photograph's fields, or 422 with every problem.
+    "layout": "patient/lesion"}`, with `batch` (adding to it) or `site` (a new batch's) -> 200 with each named photograph's fields, or 422 with every problem.
     What both uploaders ask before they create a batch or send a photograph; nothing is stored."""
     body = request.get_json(silent=True)
     files, text, layout = _manifest_request(body)
@@ -78,12 +79,18 @@ def check_manifest():
         manifest = parse_csv(text, files) if text is not None else from_layout(files)
     problems = list(manifest.problems)
     with services().db.session() as s:
-        # Checked against the site the upload will go to (`site`, as for a new batch; else the only one).
-        site = body.get("site", request.args.get("site"))
-        try:
-            site_id = upload_site(s, current_user, site)
-        except SiteError as exc:
-            return jsonify(error=str(exc)), 400
+        # Checked against the site the upload will go to: the site of `batch` when it adds to one, else
+        # `site` as for a new batch (or the user's only site).
+        if body.get("batch") not in (None, ""):
+            batch = batch_in(s, parse_id(str(body["batch"])) or 0, my_sites(s))
+            if batch is None:
+                return jsonify(error=f"Batch {body['batch']} does not exist."), 404
+            site_id = batch.site_id
+        else:
+            try:
+                site_id = upload_site(s, current_user, body.get("site", request.args.get("site")))
+            except SiteError as exc:
+                return jsonify(error=str(exc)), 400
         problems += stored_problems(s, manifest, site_id)
     if problems:
         return jsonify(ManifestRejected(problems).as_dict()), 422

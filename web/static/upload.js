@@ -426,7 +426,10 @@
       return chain.then(function () {
         return manifests[root] ? manifests[root].text() : null;
       }).then(function (text) {
-        return request("POST", "/api/uploads/manifest", withSite({files: inside, manifest: text, layout: layout}));
+        var body = {files: inside, manifest: text, layout: layout};
+        // Added to a batch: checked at that batch's site; a new batch: at the site chosen.
+        if (batchSelect.value) { body.batch = Number(batchSelect.value); } else { withSite(body); }
+        return request("POST", "/api/uploads/manifest", body);
       }).then(function (answer) {
         var stop = fatal(answer);
         if (stop) { throw stop; }

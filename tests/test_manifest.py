@@ -33,8 +33,8 @@ RULES = [
      "another body site (chest) than row 2 (back)"),
     ("missing patient", HEADER + "a.jpg,,L-1,back,,,,\n", [(2, "patient", False)], "is missing"),
     ("missing lesion", HEADER + "a.jpg,P-1,,back,,,,\n", [(2, "lesion", False)], "is missing"),
-    ("a name with a space", HEADER + "a.jpg,Jane Doe 1,L-1,back,,,,\n", [(2, "patient", False)], "contains a space"),
-    ("a name without digits", HEADER + "a.jpg,P-1,smith,back,,,,\n", [(2, "lesion", False)], "holds no digit"),
+    ("a name with a space", HEADER + "a.jpg,Given Family 1,L-1,back,,,,\n", [(2, "patient", False)], "contains a space"),
+    ("a name without digits", HEADER + "a.jpg,P-1,surname,back,,,,\n", [(2, "lesion", False)], "holds no digit"),
     ("odd characters", HEADER + "a.jpg,P/1,L-1,back,,,,\n", [(2, "patient", False)], "only letters, digits"),
     ("control character", HEADER + "a.jpg,P\x071,L-1,back,,,,\n", [(2, "patient", False)], "only letters, digits"),
     ("too long", HEADER + f"a.jpg,P{'1' * 64},L-1,back,,,,\n", [(2, "patient", False)], "longer than 64"),
@@ -61,7 +61,7 @@ def test_every_problem_is_listed_not_only_the_first():
     text = (HEADER + "a.jpg,P-1,L-1,back,200,x,9,\n"  # three bad values on one row
             "b.jpg,P-2,L-1,chest,,,,\n"  # another patient and site for L-1
             "gone.jpg,P-3,L-3,,,,,\n"
-            "room 2/c.jpg,John Smith,L-4,,,,,\n")
+            "room 2/c.jpg,Given Family,L-4,,,,,\n")
     texts = [str(p) for p in parse_csv(text, PHOTOS).problems]
     assert texts == [
         "row 2 (age): is not an age: give a whole number of years from 0 to 120.",
@@ -72,7 +72,7 @@ def test_every_problem_is_listed_not_only_the_first():
         "row 4 (path): names no photograph of the folder (the path is relative to the folder that holds the manifest).",
         "row 5 (patient): contains a space; use the clinic's pseudonymous code (such as P-0042), never a name.",
     ]
-    assert not any("John" in t or "Smith" in t for t in texts)  # problems never repeat a value
+    assert not any("Given" in t or "Family" in t for t in texts)  # problems never repeat a value
 
 
 def test_a_good_manifest_gives_every_named_photograph_its_fields():
@@ -106,10 +106,10 @@ def test_the_folder_convention_names_patient_then_lesion():
 
 
 def test_the_folder_convention_reports_each_bad_folder_once():
-    manifest = from_layout(["Jane Doe/L-1/a.jpg", "Jane Doe/L-1/b.jpg", "P-2/lesion/c.jpg", "loose.jpg",
+    manifest = from_layout(["Given Family/L-1/a.jpg", "Given Family/L-1/b.jpg", "P-2/lesion/c.jpg", "loose.jpg",
                             "P-3/d.jpg", "P-4/L-5/e.jpg", "P-6/L-5/f.jpg"])
     assert sorted(str(p) for p in manifest.problems) == [
-        "Jane Doe/ (patient): contains a space; use the clinic's pseudonymous code (such as P-0042), never a name.",
+        "Given Family/ (patient): contains a space; use the clinic's pseudonymous code (such as P-0042), never a name.",
         "P-2/lesion/ (lesion): holds no digit; use the clinic's pseudonymous code (such as P-0042), never a name.",
         "P-3/d.jpg: is not inside a <patient>/<lesion>/ folder.",
         "P-6/L-5/f.jpg (patient): gives its lesion another patient than P-4/L-5/e.jpg: a lesion belongs to one patient.",

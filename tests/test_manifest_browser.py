@@ -22,7 +22,7 @@ def test_a_bad_manifest_shows_every_problem_and_uploads_nothing(browser, sqlite_
     manifest.write_text("path,patient,lesion,body_site,age\n"
                         "room/lesion-000.jpg,P-1,L-1,back,40\n"
                         "room/lesion-001.jpg,P-2,L-1,back,abc\n"
-                        "room/gone.jpg,Jane Doe,L-3,,\n")
+                        "room/gone.jpg,Given Family,L-3,,\n")
     page = browser.new_page()
     refused = csp_errors(page)
     try:
@@ -69,16 +69,16 @@ def test_a_user_of_two_sites_uploads_a_folder_with_its_manifest_to_the_site_chos
 
     stack = sqlite_stack
     web = stack.start_web()
-    mia = stack.add_user("mia", Role.UPLOADER)
+    uploader2 = stack.add_user("uploader2", Role.UPLOADER)
     with stack.db.session() as s:
         first, second = only_site(s), create_site(s, "Clinic B").id
-        set_membership(s, mia, second, Role.UPLOADER)
+        set_membership(s, uploader2, second, Role.UPLOADER)
     folder = tmp_path / "north"
     photo_folder(folder, 2, ["room"], first_seed=720)
     (folder / "manifest.csv").write_text("path,patient,lesion,body_site\nroom/lesion-000.jpg,P-7,L-7,back\n")
     page = browser.new_page()
     try:
-        sign_in(page, web.url, username="mia")
+        sign_in(page, web.url, username="uploader2")
         page.select_option("select#site", str(second))
         drop_folder(page, folder)
         wait_for_rows(page, 2)

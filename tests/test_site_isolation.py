@@ -44,16 +44,16 @@ def world(sqlite_stack):
     analysis_id = seed_analysis(stack.db, batch_id, image_id=image_id, heatmap_key=store_key)
     with stack.db.session() as s:
         site_b = create_site(s, "Clinic B").id
-    stack.add_user("alice", Role.REVIEWER)  # made while there are two sites: no site of her own yet
-    for name, role in (("bob", Role.REVIEWER), ("bea", Role.UPLOADER), ("bert", Role.ADMIN)):
+    stack.add_user("reviewer_a", Role.REVIEWER)  # made while there are two sites: no site of its own yet
+    for name, role in (("reviewer_b", Role.REVIEWER), ("uploader_b", Role.UPLOADER), ("admin_b", Role.ADMIN)):
         stack.add_user(name, Role.UPLOADER)
     with stack.db.session() as s:
         ids = dict(s.execute(select(Patient.external_id, Patient.id)).all())
         users = dict(s.execute(select(User.username, User.id)).all())
-        set_membership(s, users["alice"], site_a, Role.REVIEWER)
-        set_membership(s, users["bob"], site_b, Role.REVIEWER)
-        set_membership(s, users["bea"], site_b, Role.UPLOADER)
-        set_membership(s, users["bert"], site_b, Role.ADMIN)
+        set_membership(s, users["reviewer_a"], site_a, Role.REVIEWER)
+        set_membership(s, users["reviewer_b"], site_b, Role.REVIEWER)
+        set_membership(s, users["uploader_b"], site_b, Role.UPLOADER)
+        set_membership(s, users["admin_b"], site_b, Role.ADMIN)
         case_id = s.scalar(select(ReviewCase.id).where(ReviewCase.analysis_id == analysis_id))
     assert ids[A_PATIENT] == patient_id
     return dict(stack=stack, site_a=site_a, site_b=site_b, batch_id=batch_id, image_id=image_id,
@@ -119,15 +119,15 @@ def test_every_route_with_an_id_of_another_sites_row_answers_404_and_writes_noth
     routes = _data_routes(stack.app)
     assert len(routes) >= 11  # pages, files, heatmaps, exports, the case, decisions, the uploaders' API
     before = _counts(stack)
-    browser = stack.login(username="bob")
+    browser = stack.login(username="reviewer_b")
     walked = _walk(world, browser, csrf_token(browser, "/account"))
     assert walked == {r.endpoint for r in routes}
     token_client = stack.app.test_client()
-    token_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.issue_token('bob')}"
+    token_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.issue_token('reviewer_b')}"
     assert _walk(world, token_client, None) == walked
     # Another site's admin and uploader fare no better.
-    bert = stack.login(username="bert")
-    assert _walk(world, bert, csrf_token(bert, "/account")) == walked
+    admin_b = stack.login(username="admin_b")
+    assert _walk(world, admin_b, csrf_token(admin_b, "/account")) == walked
     assert _counts(stack) == before  # no decision, image, refusal, audit event, patient or lesion written
 
 
@@ -141,44 +141,44 @@ def test_every_id_taking_route_is_in_the_walk_or_named_here(world):
 def test_a_member_of_site_a_reaches_the_same_routes(world):
     """The walk is not vacuous: with the same ids, site A's reviewer gets the pages and files."""
     stack = world["stack"]
-    alice = stack.login(username="alice")
+    reviewer_a = stack.login(username="reviewer_a")
     for url in (f"/batches/{world['batch_id']}", f"/api/batches/{world['batch_id']}",
                 f"/images/{world['image_id']}/file", f"/images/{world['image_id']}/heatmap",
                 f"/review/{world['analysis_id']}", f"/api/batches/{world['batch_id']}/export.json"):
-        assert alice.get(url).status_code == 200, url
-    assert A_PATIENT in alice.get(f"/api/batches/{world['batch_id']}").get_data(as_text=True)
+        assert reviewer_a.get(url).status_code == 200, url
+    assert A_PATIENT in reviewer_a.get(f"/api/batches/{world['batch_id']}").get_data(as_text=True)
 
 
 def test_lists_leave_out_another_sites_data(world):
     stack = world["stack"]
     secrets = (A_BATCH, A_IMAGE, A_PATIENT, A_LESION)
-    bob, bert = stack.login(username="bob"), stack.login(username="bert")
-    pages = {bob: ["/", f"/?batch={world['batch_id']}", "/review", "/review?status=decided",
+    reviewer_b, admin_b = stack.login(username="reviewer_b"), stack.login(username="admin_b")
+    pages = {reviewer_b: ["/", f"/?batch={world['batch_id']}", "/review", "/review?status=decided",
                    f"/review?batch={world['batch_id']}", "/api/queue", f"/api/queue?batch={world['batch_id']}",
                    "/metrics", "/account"],
-             bert: ["/admin/users", "/admin/audit", "/admin/audit?action=batch"]}
+             admin_b: ["/admin/users", "/admin/audit", "/admin/audit?action=batch"]}
     for client, urls in pages.items():
         for url in urls:
             response = client.get(url)
             assert response.status_code == 200, url
             text = response.get_data(as_text=True)
             assert not [s for s in secrets if s in text], (url, [s for s in secrets if s in text])
-    assert stack.login(username="alice").get("/review").get_data(as_text=True).count(A_IMAGE) >= 1
-    assert bob.get("/api/queue").get_json()["cases"] == []
-    metrics = bob.get("/metrics").get_data(as_text=True)
+    assert stack.login(username="reviewer_a").get("/review").get_data(as_text=True).count(A_IMAGE) >= 1
+    assert reviewer_b.get("/api/queue").get_json()["cases"] == []
+    metrics = reviewer_b.get("/metrics").get_data(as_text=True)
     assert 'dermatriage_images{status="queued"} 0.0' in metrics and 'dermatriage_analyses{priority="urgent"}' not in metrics
     # The audit log of site B's admin holds nothing of site A's uploads; the deployment's admin sees them.
-    assert "<td>batch.upload</td>" not in bert.get("/admin/audit").get_data(as_text=True)
+    assert "<td>batch.upload</td>" not in admin_b.get("/admin/audit").get_data(as_text=True)
     assert "<td>batch.upload</td>" in stack.login().get("/admin/audit").get_data(as_text=True)
     # Pages of the deployment's admin alone answer 404 to a site's admin.
-    assert bert.get("/admin/sites").status_code == 404 and bert.get("/admin/notifications").status_code == 404
+    assert admin_b.get("/admin/sites").status_code == 404 and admin_b.get("/admin/notifications").status_code == 404
 
 
 def test_patient_and_lesion_ids_are_the_sites_own(world):
     """Site B may use site A's pseudonyms for its own people: no conflict is reported (which would reveal
     site A's records) and B's rows are B's."""
     stack = world["stack"]
-    token = stack.issue_token("bea")
+    token = stack.issue_token("uploader_b")
     rows = [{"path": "b.jpg", "patient": "PAT-BETA-7", "lesion": A_LESION}]
     check = stack.app.test_client().post("/api/uploads/manifest", json={"files": ["b.jpg"], "manifest":
                                          "path,patient,lesion,body_site\nb.jpg,PAT-BETA-7," + A_LESION + ",forearm\n"},

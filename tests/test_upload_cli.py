@@ -304,7 +304,7 @@ def test_a_bad_manifest_lists_every_problem_and_uploads_nothing(sqlite_stack, tm
         "room/lesion-000.jpg,P-1,L-1,back,40,red\n"
         "room/lesion-001.jpg,P-2,L-1,back,200,red\n"
         "room/lesion-001.jpg,P-2,L-2,knee,,\n"
-        "room/missing.jpg,Jane Doe,L-3,,,\n")
+        "room/missing.jpg,Given Family,L-3,,,\n")
     done = run_upload(tmp_path, stack.token, str(tree), "--server", web.url, "--report", str(tmp_path / "r.json"))
     assert done.returncode == 1, done.stderr
     listed = [line.strip() for line in done.stderr.splitlines()[1:]]

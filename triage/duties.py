@@ -58,9 +58,8 @@ DUTIES = (
 NAMES = tuple(d.name for d in DUTIES)
 
 
-def _key(settings_or_queue: Settings | str) -> str:
-    queue = settings_or_queue if isinstance(settings_or_queue, str) else settings_or_queue.queue_name
-    return PREFIX + queue
+def _key(queue: str) -> str:
+    return PREFIX + queue  # one record per deployment (its analysis queue)
 
 
 def record(client: redis.Redis, queue: str, name: str, node: str | None = None) -> None:
@@ -76,7 +75,7 @@ def record(client: redis.Redis, queue: str, name: str, node: str | None = None) 
 def report(client: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, dict]:
     """Each duty's last success, its age, its interval and whether it is overdue. Raises RedisError."""
     now = time.time() if now is None else now
-    key = _key(settings)
+    key = _key(settings.queue_name)
     client.hsetnx(key, "_since", json.dumps({"at": now}))  # when the portal first looked
     raw = {k.decode(): json.loads(v) for k, v in client.hgetall(key).items()}
     since = raw.pop("_since")["at"]

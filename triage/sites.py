@@ -45,13 +45,6 @@ def visible_site_ids(session, user, at_least: str = Role.UPLOADER) -> Sites:
     return frozenset(site for site, role in memberships(session, user.id).items() if Role.includes(role, at_least))
 
 
-def role_at(session, user, site_id: int) -> str | None:
-    """The user's role at one site (the global admin is admin everywhere), or None."""
-    if is_global_admin(user):
-        return Role.ADMIN
-    return memberships(session, user.id).get(site_id)
-
-
 # --- conditions and lookups ----------------------------------------------------------------------
 
 def in_sites(column, sites: Sites):

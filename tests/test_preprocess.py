@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.preprocess import CAFFE_MEAN_BGR, INPUT_SIZE, caffe_normalise, preprocess_rgb, resize_rgb
+from model.preprocess import (CAFFE_MEAN_BGR, FLOAT_COPY_MAX_PIXELS, INPUT_SIZE, caffe_normalise, gathered_bilinear,
+                              preprocess_rgb, resize_rgb)
 from harness.imagegen import skin_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,14 @@ def test_resize_matches_the_reference_training_resize(tf, height, width):
     rgb = skin_photo(seed=width, width=width, height=height)
     expected = tf.image.resize(tf.constant(rgb), (INPUT_SIZE, INPUT_SIZE)).numpy()
     np.testing.assert_allclose(resize_rgb(rgb), expected, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("height, width", [(367, 489), (612, 816), (1000, 1048)])
+def test_both_ways_of_resizing_give_the_same_numbers(height, width):
+    # Small images (a reduced decode) go through OpenCV on a float copy; large ones are gathered.
+    assert height * width <= FLOAT_COPY_MAX_PIXELS
+    rgb = skin_photo(seed=height, width=width, height=height)
+    np.testing.assert_allclose(resize_rgb(rgb), gathered_bilinear(rgb, INPUT_SIZE), rtol=0, atol=1e-3)
 
 
 def test_whole_pipeline_matches_tensorflow_end_to_end(tf):

@@ -271,7 +271,7 @@ def test_the_same_folder_uploaded_twice_at_once_is_stored_once(sqlite_stack):
 
 
 def test_ingest_refuses_a_damaged_jpeg_exactly_when_a_full_size_decode_does():
-    """Ingest decodes the JPEGs it stores unchanged at half size (triage.imaging): libjpeg still reads
+    """Ingest decodes the JPEGs it stores unchanged at an eighth of their size (triage.imaging): libjpeg still reads
     every block of every scan, so a truncated or damaged file is refused as a full decode would."""
     photo = imagegen.skin_photo(4, 640, 480)
     refused = 0

@@ -18,10 +18,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "mixed_float16": "mixed_float16"}
 
 
-def configure_tensorflow():
-    """Import TensorFlow once with the settings a long-lived worker needs (never before a fork)."""
+def configure_tensorflow(threads_per_pass: int = 0):
+    """Import TensorFlow once with the settings a long-lived worker needs (never before a fork).
+
+    `threads_per_pass` caps the threads one operation may use on a CPU (0: TensorFlow's default, every
+    core). It must be set before TensorFlow runs anything, and only once in a process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
+    if threads_per_pass and tf.config.threading.get_intra_op_parallelism_threads() != threads_per_pass:
+        tf.config.threading.set_intra_op_parallelism_threads(threads_per_pass)
 
     for gpu in tf.config.list_physical_devices("GPU"):
         # Grow GPU memory on demand so several workers (or the web) can share a card.
@@ -102,10 +108,11 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def load_classifier(weights: Path, precision: str = "float32") -> Classifier:
+def load_classifier(weights: Path, precision: str = "float32", threads_per_pass: int = 0) -> Classifier:
     """Load a `.keras` or Keras-2 `.h5` file; refuse it when its card is missing or does not match.
 
-    `precision` other than float32 rebuilds the network to compute in reduced precision (see PRECISIONS).
+    `precision` other than float32 rebuilds the network to compute in reduced precision (see PRECISIONS);
+    `threads_per_pass` as in `configure_tensorflow`.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -119,7 +126,7 @@ def load_classifier(weights: Path, precision: str = "float32") -> Classifier:
     if actual != card.weights_sha256:
         raise ValueError(f"{weights} does not match its card (SHA-256 {actual[:12]} vs "
                          f"{card.weights_sha256[:12]}): the label order cannot be trusted")
-    tf = configure_tensorflow()
+    tf = configure_tensorflow(threads_per_pass)
     import keras
 
     start = time.perf_counter()

@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decode-threads", type=int, default=None)
     p.add_argument("--prefetch", choices=("on", "off"), default=None)
     p.add_argument("--forward-lanes", type=int, default=None)
+    p.add_argument("--network-threads", type=int, default=None,
+                   help="threads per forward pass, in the worker and in this process's own measurements")
     p.add_argument("--precision", default="float32", help="the worker's precision in the pipeline runs")
     p.add_argument("--explanations", action="store_true", help="pipeline with Grad-CAM on (the targets assume off)")
     p.add_argument("--workdir", type=Path, default=ROOT / "var" / "benchmark",
@@ -293,7 +295,7 @@ def measure_model(path: Path, sample: list[Path], args) -> dict:
     """Everything measured inside this process, on preprocessed tensors: limit, reference, extras."""
     from model.loader import load_classifier
 
-    classifier = load_classifier(path)
+    classifier = load_classifier(path, threads_per_pass=network_threads(args))
     tensors = network_inputs(sample, classifier.input_spec)
     out = {"version": classifier.version, "trained": classifier.trained, "on_gpu": classifier.on_gpu,
            "input_size": classifier.input_size}
@@ -305,6 +307,22 @@ def measure_model(path: Path, sample: list[Path], args) -> dict:
     del classifier
     release_tensorflow()
     return out
+
+
+def pipeline_overrides(args) -> dict:
+    """The worker settings given on the command line (the others are the worker's defaults)."""
+    return {k: v for k, v in dict(
+        batch_max_size=args.batch_max_size, batch_max_wait_ms=args.batch_max_wait_ms,
+        decode_threads=args.decode_threads, forward_lanes=args.forward_lanes, network_threads=args.network_threads,
+        prefetch=None if args.prefetch is None else args.prefetch == "on").items() if v is not None}
+
+
+def network_threads(args) -> int:
+    """Threads per forward pass as the pipeline's worker will set them, so the limit is measured alike."""
+    from triage.settings import Settings
+    from worker.runtime import threads_per_pass
+
+    return threads_per_pass(Settings(**pipeline_overrides(args)))
 
 
 def pipeline_batch(args) -> int:
@@ -347,13 +365,9 @@ class System:
         from triage.settings import Settings
 
         redis = RedisServer(run_dir / "redis").start()
-        overrides = {k: v for k, v in dict(
-            batch_max_size=args.batch_max_size, batch_max_wait_ms=args.batch_max_wait_ms,
-            decode_threads=args.decode_threads, forward_lanes=args.forward_lanes,
-            prefetch=None if args.prefetch is None else args.prefetch == "on").items() if v is not None}
         settings = Settings(data_dir=run_dir, redis_url=redis.url, model_path=model_path,
                             queue_name=f"bench-{uuid.uuid4().hex[:8]}", gradcam=args.explanations,
-                            precision=args.precision, worker_metrics_port=0, **overrides)
+                            precision=args.precision, worker_metrics_port=0, **pipeline_overrides(args))
         system = cls(run_dir, settings, redis=redis)
         try:
             system._boot()
@@ -666,9 +680,12 @@ def measure_pipeline(model_path: Path, photos: PhotoSet, args) -> dict:
 
 
 def pipeline_settings(settings) -> dict:
+    from worker.runtime import threads_per_pass
+
     names = ("batch_max_size", "batch_max_wait_ms", "decode_threads", "prefetch", "forward_lanes", "precision",
              "gradcam")
     out = {name: getattr(settings, name) for name in names}
+    out["network_threads"] = threads_per_pass(settings)
     out["database"] = settings.database_url.split(":")[0]
     return out
 

@@ -33,7 +33,9 @@ def make_celery(settings: Settings, name: str = "dermatriage") -> Celery:
         worker_proc_alive_timeout=600,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # No task-sent event: it doubled the portal's Redis writes per photograph, and Flower shows a job
+        # from its task-received event on (the queue's length is in /metrics and Flower's broker page).
+        task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     forward_lanes: int = Field(2, ge=1, le=8, validation_alias=_env("DERMATRIAGE_FORWARD_LANES"),
                                description="Batches a prefetching job keeps under way at once, each claimed, prepared "
                                            "and passed through the network in turn (1: one after another, no overlap).")
+    network_threads: int = Field(0, ge=0, validation_alias=_env("DERMATRIAGE_NETWORK_THREADS"),
+                                 description="Threads one forward pass uses on a CPU (0 = the worker's cores shared "
+                                             "out among its forward lanes; see Throughput).")
     precision: Literal["float32", "bfloat16", "mixed_float16"] = Field(
         "float32", validation_alias=_env("DERMATRIAGE_PRECISION"),
         description="Arithmetic of the forward pass: `bfloat16` on CPUs with AVX512-BF16 or AMX, "

@@ -45,7 +45,6 @@ LIMIT_GAIN, REFERENCE_GAIN = 0.9, 2.0  # targets: pipeline >= 0.9 x limit and >=
 OUTSIDE_NETWORK_MS = 12.0  # target: CPU per photograph outside the network, from HTTP request to stored result
 LATENCY_ALLOWANCE_MS = 150.0  # target: idle p50 <= batch-1 forward + this
 MEMORY_CAP_MB, MEMORY_GROWTH = 2048.0, 0.05
-WRITE_LINE = re.compile(r"wrote batch of (\d+) in ([\d.]+) ms")
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -364,10 +363,12 @@ class System:
         from harness.processes import RedisServer
         from triage.settings import Settings
 
+        from harness.processes import free_port
+
         redis = RedisServer(run_dir / "redis").start()
         settings = Settings(data_dir=run_dir, redis_url=redis.url, model_path=model_path,
                             queue_name=f"bench-{uuid.uuid4().hex[:8]}", gradcam=args.explanations,
-                            precision=args.precision, worker_metrics_port=0, **pipeline_overrides(args))
+                            precision=args.precision, worker_metrics_port=free_port(), **pipeline_overrides(args))
         system = cls(run_dir, settings, redis=redis)
         try:
             system._boot()
@@ -462,6 +463,16 @@ class System:
                 "worker_parent": table.get(self.worker.proc.pid, (0, 0.0))[1],
                 "web": tree_cpu(table, self.web.proc.pid), "redis": tree_cpu(table, self.redis.proc.pid)}
 
+    def write_metrics(self) -> dict[str, float]:
+        """From the worker's Prometheus metrics: seconds spent writing batches, and images finished."""
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(f"http://127.0.0.1:{self.settings.worker_metrics_port}/metrics", timeout=10).text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        return {"write_s": sum(s.value for s in samples if s.name == "dermatriage_worker_write_seconds_sum"),
+                "images": sum(s.value for s in samples if s.name == "dermatriage_worker_images_total")}
+
     def worker_rss_mb(self) -> float:
         """Resident memory of the worker's child processes, the ones that hold the model."""
         total_kb = 0
@@ -545,7 +556,7 @@ def latency_parts(parts: list[dict]) -> dict:
 def throughput(system: System, paths: list[Path], files_per_request: int, uploaders: int) -> dict:
     """Every photo uploaded over HTTP (several requests in flight); timed until the last result is stored."""
     chunks = [paths[i:i + files_per_request] for i in range(0, len(paths), files_per_request)]
-    log_from = len(system.worker.output())
+    writes_before = system.write_metrics()
     memory = MemorySampler(system).start()
     cpu_before = system.cpu_seconds()
     started = time.time()
@@ -566,7 +577,7 @@ def throughput(system: System, paths: list[Path], files_per_request: int, upload
             "rss_samples": [(round(t - started, 1), round(mb, 1)) for t, mb in memory.samples],
             "images_per_s": len(ids) / seconds, "uploads_done_s": uploaded - started,
             "steady_images_per_s": steady_rate(times),
-            "breakdown": breakdown(stored, seconds / len(ids), system.worker.output()[log_from:])}
+            "breakdown": breakdown(stored, seconds / len(ids), writes_before, system.write_metrics())}
 
 
 class MemorySampler:
@@ -614,16 +625,18 @@ def count(values) -> dict[str, int]:
     return out
 
 
-def breakdown(stored: dict[int, tuple[float, dict]], wall_s_per_image: float, worker_log: str) -> dict:
-    """Mean milliseconds per image in each stage, from the analyses' timings and the worker's log."""
+def breakdown(stored: dict[int, tuple[float, dict]], wall_s_per_image: float, writes_before: dict,
+              writes_after: dict) -> dict:
+    """Mean milliseconds per image in each stage, from the analyses' timings and (for the writes, which
+    no row holds) the worker's metrics before and after the run."""
     timings = [t for _, t in stored.values()]
 
     def mean(key: str) -> float:
         values = [t[key] for t in timings if key in t]
         return float(np.mean(values)) if values else 0.0
 
-    writes = [(int(n), float(ms)) for n, ms in WRITE_LINE.findall(worker_log)]
-    write_ms = sum(ms for _, ms in writes) / max(1, sum(n for n, _ in writes))
+    written = writes_after["images"] - writes_before["images"]
+    write_ms = (writes_after["write_s"] - writes_before["write_s"]) * 1000 / max(1, written)
     return {"decode_ms": mean("decode_ms"), "quality_ms": mean("quality_ms"),
             "preprocess_ms": mean("preprocess_ms"), "forward_ms": mean("forward_ms"),
             "explain_ms": mean("explain_ms"), "claim_ms": mean("claim_ms"), "write_ms": write_ms,
@@ -901,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = {"machine": machine_info()}
+    from model.loader import configure_tensorflow
+
+    configure_tensorflow(network_threads(args))  # before anything runs: TensorFlow takes it only then
     model_path = ensure_model(args)
     photos = PhotoSet(args.workdir / "photos")
     total = args.images + args.idle_samples + args.load_images

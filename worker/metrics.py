@@ -13,6 +13,8 @@ BATCH_SIZE = Histogram("dermatriage_worker_batch_size", "Images per forward pass
                        buckets=(1, 2, 4, 8, 16, 32, 64))
 INFERENCE = Histogram("dermatriage_worker_inference_seconds", "Forward pass (with Grad-CAM when on) per batch",
                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16))
+WRITE = Histogram("dermatriage_worker_write_seconds", "Writing one batch's results, cases and notifications "
+                  "(one transaction)", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
 END_TO_END = Histogram("dermatriage_worker_end_to_end_seconds", "From upload to stored result, per image",
                        buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900))
 MODEL = Gauge("dermatriage_worker_model_info", "The loaded model", ["version", "trained"])
@@ -24,7 +26,8 @@ def serve(settings, model_version: str, trained: bool) -> None:
     MODEL.labels(model_version, str(trained).lower()).set(1)
 
 
-def observe(outcomes, ages_s: list[float]) -> None:
+def observe(outcomes, ages_s: list[float], write_s: float) -> None:
+    WRITE.observe(write_s)
     for out in outcomes:
         IMAGES.labels(out.status).inc()
     timed = next((o.timings for o in outcomes if "batch_size" in o.timings), None)

@@ -221,10 +221,11 @@ def _write(rt, outcomes) -> int:
     written = write_outcomes(rt.db, rt.store, outcomes, node=rt.node, model_version=classifier.version,
                              model_trained=classifier.trained, thresholds=rt.risk_thresholds.as_dict(),
                              near_duplicate_distance=rt.settings.near_duplicate_distance, settings=rt.settings)
-    # One line per batch: where a batch's database time goes is not in its own rows (written last).
-    log.info("wrote batch of %d in %.1f ms", len(outcomes), elapsed_ms(start))
+    # A batch's database time is not in its own rows (written last): it goes to the worker's metrics.
+    write_ms = elapsed_ms(start)
+    log.debug("wrote batch of %d in %.1f ms", len(outcomes), write_ms)
     _send_notifications(written.notifications)
-    metrics.observe(outcomes, written.ages)
+    metrics.observe(outcomes, written.ages, write_ms / 1000)
     return len(written.ages)
 
 

@@ -58,7 +58,7 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
     assert targets["pipeline_over_reference"] == pytest.approx(speeds[2] / speeds[1])
     assert pipe["rss_start_mb"] > 50 and pipe["rss_after_mb"] > 50  # the worker's child, model loaded
     assert pipe["throughput"]["breakdown"]["mean_batch"] >= 1
-    assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's log
+    assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's metrics
     assert 0 <= model["precision"][0]["top1_identical"] <= 1
     outside = pipe["throughput"]["cpu_ms_total"] - model["limit"]["cpu_ms"]
     assert targets["cpu_outside_network_ms"] == pytest.approx(outside)
@@ -237,3 +237,27 @@ def test_a_job_chains_batches_only_when_prefetching(make_stack, sqlite_url, pref
         assert max(claimed) > 4, claimed  # one job went on to further batches while images waited
     else:
         assert max(claimed) <= 4, claimed
+
+
+def test_each_forward_pass_gets_the_cores_shared_out_among_the_lanes():
+    import os
+
+    from triage.settings import Settings
+    from worker.runtime import threads_per_pass
+
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_pass(Settings(forward_lanes=1)) == cores
+    assert threads_per_pass(Settings(forward_lanes=2)) == max(1, cores // 2)
+    assert threads_per_pass(Settings(forward_lanes=8)) == max(1, cores // 8)  # never none
+    assert threads_per_pass(Settings(forward_lanes=2, network_threads=3)) == 3  # DERMATRIAGE_NETWORK_THREADS
+
+
+def test_the_worker_runs_its_passes_on_the_threads_it_was_given(tiny_model_path):
+    """In a fresh process, as the worker does it: TensorFlow takes the setting before it runs anything."""
+    code = ("import sys; from model.loader import load_classifier; import tensorflow as tf; "
+            "load_classifier(sys.argv[1], threads_per_pass=1); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -101,6 +101,22 @@ def test_stored_image_has_no_gps_or_camera_metadata(sqlite_stack):
     assert not PILImage.open(io.BytesIO(data)).getexif()
 
 
+def test_every_stored_file_is_named_by_the_sha256_of_its_own_bytes(sqlite_stack):
+    """An upload is hashed once: a file with nothing to strip is stored under the hash it arrived with,
+    one with metadata under the hash of what is left. Either way the name is the content's."""
+    exif = PILImage.Exif()
+    exif[0x0132] = "2026:11:24 10:00:00"
+    buf = io.BytesIO()
+    PILImage.fromarray(imagegen.skin_photo(10)).save(buf, "JPEG", exif=exif.tobytes())
+    plain = imagegen.jpeg(11)
+    body = sqlite_stack.upload([(plain, "plain.jpg"), (buf.getvalue(), "exif.jpg")]).get_json()
+    assert body["accepted"] == 2
+    files = stored_files(sqlite_stack)
+    assert len(files) == 2
+    assert all(f.name == hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    assert hashlib.sha256(plain).hexdigest() in {f.name for f in files}  # stored exactly as sent
+
+
 def test_broker_outage_keeps_rows_received_for_the_reconciler(make_stack, sqlite_url):
     stack = make_stack(sqlite_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     response = stack.upload([(imagegen.jpeg(1), "a.jpg")])

@@ -27,12 +27,13 @@ class ImageStore:
         # Two levels of fan-out keep directories small with millions of files.
         return self.root / key[:2] / key[2:4] / key
 
-    def put(self, data: bytes) -> tuple[str, bool]:
+    def put(self, data: bytes, key: str | None = None) -> tuple[str, bool]:
         """Store bytes under their hash, atomically: readers see the whole file or none of it.
 
-        Returns the key and whether this call created the file (so a failed upload can undo it).
+        `key` is their SHA-256 when the caller has it already (an upload is hashed once). Returns the
+        key and whether this call created the file (so a failed upload can undo it).
         """
-        key = sha256_hex(data)
+        key = key or sha256_hex(data)
         target = self.path(key)
         if target.exists():
             return key, False
@@ -104,8 +105,8 @@ class S3ImageStore:
             raise ValueError(f"not a content key: {key!r}")
         return self.prefix + key
 
-    def put(self, data: bytes) -> tuple[str, bool]:
-        key = sha256_hex(data)
+    def put(self, data: bytes, key: str | None = None) -> tuple[str, bool]:
+        key = key or sha256_hex(data)
         if self.exists(key):
             return key, False
         # An S3 PUT is atomic: readers see the whole object or none of it.

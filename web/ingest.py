@@ -175,7 +175,8 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
         except RejectedImage as exc:
             p.result.reason = str(exc)
             continue
-        key, created = svc.store.put(clean.data)
+        # Each upload is hashed once: a file with nothing to strip is stored as sent, under its own SHA-256.
+        key, created = svc.store.put(clean.data, p.digest if clean.data == raw else None)
         if created:
             created_keys.append(key)
         p.row = dict(display_name=p.result.name, sha256=p.digest, store_key=key, size_bytes=p.size,

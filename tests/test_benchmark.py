@@ -59,6 +59,8 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
     assert pipe["rss_start_mb"] > 50 and pipe["rss_after_mb"] > 50  # the worker's child, model loaded
     assert pipe["throughput"]["breakdown"]["mean_batch"] >= 1
     assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's metrics
+    # TensorFlow's threads are a part of the model process, never more than it
+    assert 0 <= pipe["throughput"]["cpu_ms_network_threads"] <= pipe["throughput"]["cpu_ms"]["worker_model_process"]
     assert 0 <= model["precision"][0]["top1_identical"] <= 1
     outside = pipe["throughput"]["cpu_ms_total"] - model["limit"]["cpu_ms"]
     assert targets["cpu_outside_network_ms"] == pytest.approx(outside)

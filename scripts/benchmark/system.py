@@ -132,6 +132,23 @@ class System:
                 "worker_parent": table.get(self.worker.proc.pid, (0, 0.0))[1],
                 "web": tree_cpu(table, self.web.proc.pid), "redis": tree_cpu(table, self.redis.proc.pid)}
 
+    def network_thread_seconds(self) -> float:
+        """CPU time of TensorFlow's own threads in the processes that hold the model: the network's
+        computing, as it runs in the pipeline beside everything else (the Python threads that claim,
+        prepare and write are not among them)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.worker.child_pids():
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    if not (task / "comm").read_text().startswith("tf_"):
+                        continue
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # the thread ended while we looked
+                    continue
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
     def write_metrics(self) -> dict[str, float]:
         """From the worker's Prometheus metrics: seconds spent writing batches, and images finished."""
         import requests

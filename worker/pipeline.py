@@ -63,6 +63,7 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec
     """Decode, quality gate and preprocessing of one image: everything before the network, all CPU."""
     out = Outcome(item.id, ImageStatus.FAILED)
     start = time.perf_counter()
+    cpu_start = time.thread_time()
     try:
         # One working copy for the gate and the network, decoded as the model was trained (its card).
         rgb, own_size = spec.read(store.get(item.store_key))
@@ -84,6 +85,7 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec
     start = time.perf_counter()
     tensor = spec.tensor(rgb)
     out.timings["preprocess_ms"] = elapsed_ms(start)
+    out.timings["prepare_cpu_ms"] = round((time.thread_time() - cpu_start) * 1000, 2)
     return Prepared(out, tensor, report.marginal, quality)
 
 

@@ -182,6 +182,8 @@ def breakdown_section(r: dict) -> list[str]:
         row("   decode", fmt(b["decode_ms"])),
         row("   quality checks", fmt(b["quality_ms"])),
         row("   preprocess", fmt(b["preprocess_ms"])),
+        row("   decode + quality + preprocess, CPU on its thread (the three above are wall time)",
+            fmt(b.get("prepare_cpu_ms"))),
         row(f"   forward (its batch's time / its size; mean batch {b['mean_batch']:.1f})", fmt(b["forward_ms"])),
         *explanation_rows(b, explanation, explained),
         row("   database (claim + write)", fmt(b["claim_ms"] + b["write_ms"])),

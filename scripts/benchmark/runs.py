@@ -135,7 +135,7 @@ def breakdown(stored: dict[int, tuple[float, dict]], wall_s_per_image: float, wr
     written = writes_after["images"] - writes_before["images"]
     write_ms = (writes_after["write_s"] - writes_before["write_s"]) * 1000 / max(1, written)
     return {"decode_ms": mean("decode_ms"), "quality_ms": mean("quality_ms"),
-            "preprocess_ms": mean("preprocess_ms"), "forward_ms": mean("forward_ms"),
+            "preprocess_ms": mean("preprocess_ms"), "prepare_cpu_ms": mean("prepare_cpu_ms"), "forward_ms": mean("forward_ms"),
             "explain_ms": mean("explain_ms"), "claim_ms": mean("claim_ms"), "write_ms": write_ms,
             "mean_batch": mean("batch_size"), "wall_ms": wall_s_per_image * 1000}
 

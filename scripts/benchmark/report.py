@@ -127,18 +127,22 @@ def cpu_section(r: dict) -> list[str]:
             verdict(t["met"]["outside_network"])),
         *(row(f"   {part.replace('_', ' ')}{' beyond the network' if part == 'worker_model_process' else ''}",
               fmt(ms)) for part, ms in t["cpu_outside_network_parts"].items()),
-        *network_thread_rows(run),
+        *network_thread_rows(run, r["pipeline"]["settings"].get("network_threads")),
         f"   (cores fit = {cores} cores x 1000 / CPU ms: images/s if nothing else ran and no core ever waited;",
         "    on a busy machine CPU time grows too, as threads spin while they wait for a core)",
     ]
 
 
-def network_thread_rows(run: dict) -> list[str]:
+def network_thread_rows(run: dict, threads_per_pass: int | None) -> list[str]:
     """Line 4 charges the pipeline's network at its cost at the limit; TensorFlow's own threads say
-    what it cost in the pipeline, beside the preparing threads (what the rest then is)."""
+    what it cost in the pipeline, beside the preparing threads (what the rest then is). Only with one
+    thread per pass: then TensorFlow computes on its named inter-op threads, while with more its
+    intra-op threads carry no name of their own and cannot be told from Python's."""
     network = run.get("cpu_ms_network_threads")
     if not network:
         return []
+    if threads_per_pass != 1:
+        return ["   (CPU by thread: only measured with one thread per forward pass)"]
     return [row("   by thread: TensorFlow's own threads in the pipeline (the network)", fmt(network)),
             row("   by thread: everything else, from HTTP request to stored result", fmt(run["cpu_ms_total"] - network))]
 

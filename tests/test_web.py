@@ -117,6 +117,22 @@ def test_every_stored_file_is_named_by_the_sha256_of_its_own_bytes(sqlite_stack)
     assert hashlib.sha256(plain).hexdigest() in {f.name for f in files}  # stored exactly as sent
 
 
+def test_pages_show_small_thumbnails_and_link_the_photograph_itself(sqlite_stack):
+    large = imagegen.jpeg(12, 3000, 2000)
+    small = imagegen.encode(imagegen.skin_photo(13, 120, 90), "PNG")
+    body = sqlite_stack.upload([(large, "large.jpg"), (small, "small.png")]).get_json()
+    ids = {f["name"]: f["image_id"] for f in body["files"]}
+    client = sqlite_stack.login()
+    thumb = client.get(f"/images/{ids['large.jpg']}/thumb")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert PILImage.open(io.BytesIO(thumb.get_data())).size == (240, 160)  # shorter side 160, shape kept
+    assert len(thumb.get_data()) < len(large) / 10
+    assert PILImage.open(io.BytesIO(client.get(f"/images/{ids['small.png']}/thumb").get_data())).size == (120, 90)
+    page = client.get(f"/batches/{body['batch_id']}").get_data(as_text=True)
+    assert f'src="/images/{ids["large.jpg"]}/thumb"' in page and f'href="/images/{ids["large.jpg"]}/file"' in page
+    assert client.get("/images/999999/thumb").status_code == 404
+
+
 def test_broker_outage_keeps_rows_received_for_the_reconciler(make_stack, sqlite_url):
     stack = make_stack(sqlite_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     response = stack.upload([(imagegen.jpeg(1), "a.jpg")])

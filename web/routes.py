@@ -8,6 +8,7 @@ from flask_login import current_user
 
 from triage.catalogue import CLASSES, DISCLAIMER
 from triage.ids import parse_id
+from triage.imaging import thumbnail_jpeg
 from triage.schema import Analysis, Batch, Image
 from triage.sites import SiteError, batch_in, image_in, site_choices, site_of_batch, upload_site
 
@@ -192,12 +193,33 @@ def _stored_file(key: str | None, mimetype: str) -> Response:
 
 @bp.get("/images/<id:image_id>/file")
 def image_file(image_id: int):
+    key, stored_format = _visible_image(image_id)
+    return _stored_file(key, MIMETYPES[stored_format])
+
+
+@bp.get("/images/<id:image_id>/thumb")
+def image_thumb(image_id: int):
+    """A small JPEG of the photograph for the pages' lists (the link beside it opens the file itself)."""
+    key, _ = _visible_image(image_id)
+    svc = services()
+    if not key or not svc.store.exists(key):
+        abort(404)
+    try:
+        data = thumbnail_jpeg(svc.store.get(key))
+    except Exception:  # a stored file that no longer decodes: no picture, never an error page
+        abort(404)
+    response = Response(data, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _visible_image(image_id: int) -> tuple[str, str]:
+    """(store key, stored format) of an image of one of the user's sites; 404 for any other."""
     with services().db.session() as s:
         image = image_in(s, image_id, my_sites(s))
         if image is None:
             abort(404)
-        key, stored_format = image.store_key, image.stored_format
-    return _stored_file(key, MIMETYPES[stored_format])
+        return image.store_key, image.stored_format
 
 
 @bp.get("/images/<id:image_id>/heatmap")

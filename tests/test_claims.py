@@ -29,7 +29,8 @@ def rows(db) -> dict[int, Image]:
 
 
 def claim(db, image_id, node="n1", limit=4, max_attempts=3):
-    return claims.claim_batch(db, image_id, limit=limit, lease_s=60, max_attempts=max_attempts, node=node)
+    named = [image_id] if isinstance(image_id, int) else image_id
+    return claims.claim_batch(db, named, limit=limit, lease_s=60, max_attempts=max_attempts, node=node)
 
 
 def test_a_job_fills_its_batch_and_a_second_worker_takes_the_rest(db):
@@ -43,6 +44,26 @@ def test_a_job_fills_its_batch_and_a_second_worker_takes_the_rest(db):
     state = rows(db)
     assert {state[i].claimed_by for i in ids[:4]} == {"n1"} and {state[i].claimed_by for i in ids[4:]} == {"n2"}
     assert all(state[i].status == ImageStatus.PROCESSING for i in ids)
+
+
+def test_a_job_takes_the_images_it_names_first_then_fills_with_the_oldest(db):
+    ids = add_images(db, 8)
+    got, _ = claim(db, [ids[6], ids[5], ids[7]], limit=4)
+    assert [c.id for c in got] == [ids[5], ids[6], ids[7], ids[0]]
+    again, _ = claim(db, [ids[5], ids[6], ids[7]], "n2")  # its images are taken: the next round ends the job
+    assert again == []
+
+
+def test_a_retried_image_among_a_jobs_images_goes_alone_and_the_others_follow(db):
+    ids = add_images(db, 4)
+    with db.session() as s:
+        s.execute(update(Image).where(Image.id == ids[0]).values(attempts=1))
+    first, _ = claim(db, ids[:3], limit=4)
+    assert [c.id for c in first] == [ids[0]] and first[0].attempts == 2
+    with db.session() as s:  # the round analyses it
+        s.execute(update(Image).where(Image.id == ids[0]).values(status=ImageStatus.ANALYSED, claimed_by=None))
+    second, _ = claim(db, ids[:3], limit=4)
+    assert [c.id for c in second] == [ids[1], ids[2], ids[3]]  # never the retried one as filler
 
 
 def test_a_retried_image_is_claimed_alone(db):

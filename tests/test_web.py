@@ -1,8 +1,10 @@
 """The portal against a real Redis and real databases (no worker needed): ingest, limits, errors."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,10 @@ def test_accepted_files_are_stored_queued_and_enqueued_after_commit(stack):
     body = stack.upload([(imagegen.jpeg(1), "a.jpg"), (imagegen.jpeg(2), "b.jpg")]).get_json()
     ids = [f["image_id"] for f in body["files"]]
     assert stack.statuses() == {i: ImageStatus.QUEUED for i in ids}
-    assert queue_length(stack) == 2
+    assert queue_length(stack) == 1  # one job names both: a batch's worth of images per job
+    [message] = redis.Redis.from_url(stack.settings.redis_url).lrange(stack.settings.queue_name, 0, -1)
+    args = json.loads(base64.b64decode(json.loads(message)["body"]))[0]  # Celery's body: [args, kwargs, embed]
+    assert args == ids
     assert len(stored_files(stack)) == 2
 
 

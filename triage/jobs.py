@@ -60,21 +60,27 @@ def duties_queue(settings: Settings) -> str:
     return f"{settings.queue_name}-duties"
 
 
-def enqueue_analysis(app: Celery, image_ids: Iterable[int]) -> None:
-    """Send one job per image. Call only after the rows are committed."""
-    _send_each(app, ANALYSE_TASK, image_ids)
+def enqueue_analysis(app: Celery, image_ids: Iterable[int], per_job: int = 1) -> None:
+    """Send jobs naming `per_job` images each (the portal and the reconciler: a batch's worth; a retried
+    image: alone). Call only after the rows are committed.
+
+    Every job costs the worker's two processes about 4.5 ms of CPU even when its images are already
+    taken (measured on 1,000 such jobs), which one job per image made the largest cost beside the
+    network; SQL, not the message, decides which images a worker takes."""
+    _send(app, ANALYSE_TASK, image_ids, per_job)
 
 
 def enqueue_notifications(app: Celery, notification_ids: Iterable[int]) -> None:
     """Send one delivery job per notification. Call only after the rows are committed."""
-    _send_each(app, NOTIFY_TASK, notification_ids)
+    _send(app, NOTIFY_TASK, notification_ids, 1)
 
 
-def _send_each(app: Celery, task: str, row_ids: Iterable[int]) -> None:
-    """One job per row id, all through one producer (one connection from the pool)."""
+def _send(app: Celery, task: str, row_ids: Iterable[int], per_job: int) -> None:
+    """Jobs of `per_job` row ids each, all through one producer (one connection from the pool)."""
     ids = list(row_ids)
     if not ids:
         return
+    per_job = max(1, per_job)
     with app.producer_or_acquire() as producer:
-        for row_id in ids:
-            app.send_task(task, args=[row_id], producer=producer)
+        for start in range(0, len(ids), per_job):
+            app.send_task(task, args=ids[start:start + per_job], producer=producer)

@@ -254,7 +254,7 @@ def _enqueue(svc: Services, ids: list[int]) -> None:
     if not ids:
         return
     try:
-        enqueue_analysis(svc.celery, ids)
+        enqueue_analysis(svc.celery, ids, per_job=svc.settings.batch_max_size)
     except Exception:
         log.exception("could not enqueue %d images; the reconciler will retry", len(ids))
         return

@@ -1,6 +1,7 @@
 """Claiming images for analysis: SQL decides who works on what, so Redis only carries wake-ups.
 
-A job names one image; the worker claims it plus other waiting images to fill a batch. Claims are
+A job names a few images (up to a batch); the worker claims those still waiting plus other waiting
+images to fill a batch. Claims are
 conditional updates in one write transaction, so two workers never take the same image, and the
 attempt counter is committed before the model runs, so a file that keeps killing workers stops.
 """
@@ -32,32 +33,39 @@ def _claimable(now, node: str):
     return or_(Image.status.in_(WAITING), expired)
 
 
-def claim_batch(db: Database, image_id: int, *, limit: int, lease_s: int, max_attempts: int,
+def claim_batch(db: Database, image_ids: list[int], *, limit: int, lease_s: int, max_attempts: int,
                 node: str) -> tuple[list[Claimed], list[int]]:
-    """Claim `image_id` and up to limit-1 fresh waiting images.
+    """Claim the job's own images still waiting (the first of them, if it is being retried, alone) and
+    fill the batch up to `limit` with other fresh waiting images, oldest first.
 
     Returns (claimed, given_up): given_up are images past their attempts, now marked failed.
-    An image being retried is claimed alone so one poisonous file cannot sink a whole batch again.
+    An image being retried is claimed alone so one poisonous file cannot sink a whole batch again;
+    the job's other images wait for its next claim (tasks._analyse_named).
     """
     now = utcnow()
     with db.session() as s:
-        # The job's own image waits for a lock rather than skipping it: the lock's holder is brief (the
-        # portal marking it queued just after sending this job, or another worker's claim), and a skip
-        # would leave the image to the reconciler, minutes later.
-        first = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts, Image.claimed_by,
+        # The job's own images wait for a lock rather than skipping it: the lock's holder is brief (the
+        # portal marking them queued just after sending this job, or another worker's claim), and a skip
+        # would leave them to the reconciler, minutes later.
+        named = s.execute(_lock(s, select(Image.id, Image.store_key, Image.attempts, Image.claimed_by,
                                           Image.lease_expires_at)
-                                .where(Image.id == image_id, _claimable(now, node)), wait=True)).first()
-        if first is None:
+                                .where(Image.id.in_(image_ids), _claimable(now, node)).order_by(Image.id),
+                                wait=True)).all()
+        if not named:
             return [], []
+        first = named[0]
         if first.claimed_by == node and first.lease_expires_at and first.lease_expires_at >= now:
             # Still held, under a live lease, by this node: its last job failed on the database or the
             # broker before it could hand the image back. Not the image's fault: no attempt is spent.
             s.execute(update(Image).where(Image.id == first.id)
                       .values(lease_expires_at=now + timedelta(seconds=lease_s)))
             return [Claimed(first.id, first.store_key, first.attempts)], []
-        rows = [first]
-        if first.attempts == 0 and limit > 1:
-            rows += s.execute(_fresh(s, limit - 1, exclude=image_id)).all()
+        if first.attempts > 0:
+            rows = [first]
+        else:
+            rows = [r for r in named if r.attempts == 0][:limit]
+            if len(rows) < limit:
+                rows += s.execute(_fresh(s, limit - len(rows), exclude=[r.id for r in named])).all()
         given_up = [r.id for r in rows if r.attempts >= max_attempts]
         live = [r for r in rows if r.attempts < max_attempts]
         if given_up:
@@ -74,12 +82,12 @@ def claim_more(db: Database, count: int, *, lease_s: int, node: str) -> list[Cla
         return _take(s, s.execute(_fresh(s, count)).all(), utcnow(), lease_s, node)
 
 
-def _fresh(session, count: int, exclude: int | None = None):
+def _fresh(session, count: int, exclude: list[int] | None = None):
     """Waiting images never tried before, oldest first. (Retries are claimed alone, never as filler.)"""
     query = select(Image.id, Image.store_key, Image.attempts).where(Image.status.in_(WAITING),
                                                                     Image.attempts == 0)
-    if exclude is not None:
-        query = query.where(Image.id != exclude)
+    if exclude:
+        query = query.where(Image.id.not_in(exclude))
     return _lock(session, query.order_by(Image.id).limit(count))
 
 

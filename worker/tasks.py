@@ -77,31 +77,59 @@ def _job_arrived(**_):
 
 @celery.task(name=ANALYSE_TASK, bind=True, autoretry_for=(OperationalError,), retry_backoff=1,
              retry_backoff_max=30, max_retries=20)
-def analyse_image(self, image_id: int) -> dict:
-    """Analyse this image and, to fill the batch, others waiting. A no-op if it is already taken.
+def analyse_image(self, image_id: int, *more_ids: int) -> dict:
+    """Analyse these images (the portal names up to a batch of them in one job) and, to fill batches,
+    others waiting. A no-op for those already taken.
 
     With prefetching on, the job then keeps going with further waiting images for a while (see
     `_run_batches`): other batches are claimed and prepared while one is in the network.
     """
+    named = [image_id, *more_ids]
+    worked = []
     with _stop_after_this_batch():
         try:
-            return _analyse(image_id)
+            return _analyse_named(named, worked)
         finally:
-            # The heaps keep freed buffers while batches follow each other (see runtime.settle_memory);
-            # a job lasts at most a tenth of its time limit, so they are handed back at least that often.
-            release_memory()
+            if worked:
+                # The heaps keep freed buffers while batches follow each other (see runtime.settle_memory);
+                # a job lasts at most a tenth of its time limit, so they are handed back at least that
+                # often. A job that found its images taken has nothing to hand back (malloc_trim walks
+                # every heap: too dear for a no-op).
+                release_memory()
 
 
-def _analyse(image_id: int) -> dict:
+def _analyse_named(named: list[int], worked: list) -> dict:
+    """Claim rounds until none of the job's images is left waiting: the first round takes them all unless
+    one is being retried (then it goes alone, and the others follow in later rounds)."""
+    total = {"image": named[0], "claimed": 0, "written": 0, "failed": []}
+    while not _stop.is_set():
+        try:
+            done = _analyse(named)
+        except Exception as exc:
+            if not isinstance(exc, OperationalError):  # that one is retried whole, by Celery
+                enqueue_analysis(celery, named, per_job=len(named))  # the job's images not yet claimed
+            raise
+        if not done["claimed"] and not done["failed"]:
+            return total
+        worked.append(done["claimed"])
+        total["claimed"] += done["claimed"]
+        total["written"] += done.get("written", 0)
+        total["failed"] += done["failed"]
+    # Stopped between rounds: the job's images not yet claimed go back on the queue for the next worker.
+    enqueue_analysis(celery, named, per_job=len(named))
+    return total
+
+
+def _analyse(named: list[int]) -> dict:
     rt = runtime()
     s = rt.settings
     rt.classifier  # loaded here, never first on a helper thread, nor while images are held (solo pool)
     start = time.perf_counter()
-    got, given_up = claims.claim_batch(rt.db, image_id, limit=s.batch_max_size, lease_s=s.task_time_limit_s,
+    got, given_up = claims.claim_batch(rt.db, named, limit=s.batch_max_size, lease_s=s.task_time_limit_s,
                                        max_attempts=s.max_attempts, node=rt.node)
     if not got:
-        return {"image": image_id, "claimed": 0, "failed": given_up}
-    held = [c.id for c in got]  # every image this job claimed: released together if anything fails
+        return {"claimed": 0, "failed": given_up}
+    held = [c.id for c in got]  # every image this round claimed: released together if anything fails
     try:
         prepared = _fill_and_prepare(rt, got, held, claim_ms=elapsed_ms(start))
         written = _run_batches(rt, prepared, held, chain=s.prefetch and got[0].attempts == 1)
@@ -112,7 +140,7 @@ def _analyse(image_id: int) -> dict:
                               max_attempts=s.max_attempts, refund=isinstance(exc, OperationalError))
         enqueue_analysis(celery, back)
         raise
-    return {"image": image_id, "claimed": len(held), "written": written, "failed": given_up}
+    return {"claimed": len(held), "written": written, "failed": given_up}
 
 
 _stop = threading.Event()
@@ -263,7 +291,7 @@ def _requeue_lost_images(rt) -> int:
     ids = claims.stale_images(rt.db, rt.settings.stale_after_s)
     if ids:
         claims.touch(rt.db, ids)
-        enqueue_analysis(celery, ids)
+        enqueue_analysis(celery, ids, per_job=rt.settings.batch_max_size)
         log.info("reconciler re-enqueued %d images", len(ids))
     return len(ids)
 

@@ -78,6 +78,19 @@ class System:
         return [f["image_id"] for f in body["files"]]
 
     # --- reading results -------------------------------------------------------------------------
+    def wait_drained(self, timeout: float = 120) -> None:
+        """Until the worker has taken every job off the queue and run it: the jobs whose images a job
+        before them already analysed still cost CPU, after the last result is stored."""
+        import redis
+
+        client = redis.Redis.from_url(self.settings.redis_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # kombu keeps a job taken but not yet acknowledged in this hash
+            if client.llen(self.settings.queue_name) == 0 and client.hlen("unacked") == 0:
+                return
+            time.sleep(0.1)
+
     def wait_final(self, ids: list[int], timeout: float, interval: float) -> dict[int, str]:
         """Statuses once every image is analysed, needs a reshoot or failed."""
         from triage.schema import ImageStatus

@@ -182,11 +182,18 @@ def api_classes():
         for c in CLASSES])
 
 
-def _stored_file(key: str | None, mimetype: str) -> Response:
+def _stored_file(key: str | None, mimetype: str, made_from=None) -> Response:
+    """A stored file (or what `made_from` makes of its bytes), cached by the browser for an hour."""
     svc = services()
     if not key or not svc.store.exists(key):
         abort(404)
-    response = Response(svc.store.get(key), mimetype=mimetype)
+    data = svc.store.get(key)
+    if made_from is not None:
+        try:
+            data = made_from(data)
+        except Exception:  # a stored file that no longer decodes: no picture, never an error page
+            abort(404)
+    response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -201,16 +208,7 @@ def image_file(image_id: int):
 def image_thumb(image_id: int):
     """A small JPEG of the photograph for the pages' lists (the link beside it opens the file itself)."""
     key, _ = _visible_image(image_id)
-    svc = services()
-    if not key or not svc.store.exists(key):
-        abort(404)
-    try:
-        data = thumbnail_jpeg(svc.store.get(key))
-    except Exception:  # a stored file that no longer decodes: no picture, never an error page
-        abort(404)
-    response = Response(data, mimetype="image/jpeg")
-    response.headers["Cache-Control"] = "private, max-age=3600"
-    return response
+    return _stored_file(key, "image/jpeg", thumbnail_jpeg)
 
 
 def _visible_image(image_id: int) -> tuple[str, str]:

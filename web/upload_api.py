@@ -16,12 +16,12 @@ from flask import Blueprint, jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
 
+from triage.ids import parse_id
 from triage.imaging import ACCEPTED_FORMATS
 from triage.manifest import LAYOUT, Manifest, Problem, from_layout, parse_csv
 from triage.names import display_name
 from triage.rejections import SKIPPED, Refusal, record_refusals
 from triage.schema import Batch, Image
-from triage.ids import parse_id
 from triage.sites import SiteError, batch_in, upload_site
 
 from .auth import audit, my_sites
@@ -65,7 +65,8 @@ def request_manifest(svc, part: str | None, files, site_id: int) -> Manifest | N
 @bp.post("/api/uploads/manifest")
 def check_manifest():
     """JSON `{"files": [paths in the folder], "manifest": "<manifest.csv's text>"}` or `{"files": [...],
-    "layout": "patient/lesion"}`, with `batch` (adding to it) or `site` (a new batch's) -> 200 with each named photograph's fields, or 422 with every problem.
+    "layout": "patient/lesion"}`, with `batch` (adding to it) or `site` (a new batch's) -> 200 with each named
+    photograph's fields, or 422 with every problem.
     What both uploaders ask before they create a batch or send a photograph; nothing is stored."""
     body = request.get_json(silent=True)
     files, text, layout = _manifest_request(body)

@@ -85,12 +85,13 @@ def analyse_image(self, image_id: int, *more_ids: int) -> dict:
     `_run_batches`): other batches are claimed and prepared while one is in the network.
     """
     named = [image_id, *more_ids]
-    worked = []
+    result = None
     with _stop_after_this_batch():
         try:
-            return _analyse_named(named, worked)
+            result = _analyse_named(named)
+            return result
         finally:
-            if worked:
+            if result is None or result["claimed"]:  # failed, or did work
                 # The heaps keep freed buffers while batches follow each other (see runtime.settle_memory);
                 # a job lasts at most a tenth of its time limit, so they are handed back at least that
                 # often. A job that found its images taken has nothing to hand back (malloc_trim walks
@@ -98,7 +99,7 @@ def analyse_image(self, image_id: int, *more_ids: int) -> dict:
                 release_memory()
 
 
-def _analyse_named(named: list[int], worked: list) -> dict:
+def _analyse_named(named: list[int]) -> dict:
     """Claim rounds until none of the job's images is left waiting: the first round takes them all unless
     one is being retried (then it goes alone, and the others follow in later rounds)."""
     total = {"image": named[0], "claimed": 0, "written": 0, "failed": []}
@@ -111,7 +112,6 @@ def _analyse_named(named: list[int], worked: list) -> dict:
             raise
         if not done["claimed"] and not done["failed"]:
             return total
-        worked.append(done["claimed"])
         total["claimed"] += done["claimed"]
         total["written"] += done.get("written", 0)
         total["failed"] += done["failed"]

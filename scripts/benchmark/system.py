@@ -149,18 +149,15 @@ class System:
         """CPU time of TensorFlow's own threads in the processes that hold the model: the network's
         computing, as it runs in the pipeline beside everything else (the Python threads that claim,
         prepare and write are not among them)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        total = 0.0
         for pid in self.worker.child_pids():
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
-                    if not (task / "comm").read_text().startswith("tf_"):
-                        continue
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    if (task / "comm").read_text().startswith("tf_"):
+                        total += stat_cpu(task / "stat")[1]
                 except OSError:  # the thread ended while we looked
                     continue
-                total += int(fields[11]) + int(fields[12])
-        return total / tick
+        return total
 
     def write_metrics(self) -> dict[str, float]:
         """From the worker's Prometheus metrics: seconds spent writing batches, and images finished."""
@@ -183,15 +180,19 @@ class System:
 
 def process_table() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds used) for every process, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
     table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            table[int(stat.parent.name)] = stat_cpu(stat)
         except OSError:  # the process ended while we looked
             continue
-        table[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
     return table
+
+
+def stat_cpu(stat: Path) -> tuple[int, float]:
+    """(parent pid, CPU seconds, user + system) from a process's or thread's /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu(table: dict[int, tuple[int, float]], root: int) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from triage.imaging import decode_reduced
+from triage.imaging import REDUCED_SIDE, decode_reduced
 
 INPUT_SIZE = 224
 PREPROCESSING = "resnet_caffe"  # the reference's, and the default of a card that names none
@@ -101,7 +101,7 @@ def unscale_input(network_input: np.ndarray, scaling: str = PREPROCESSING) -> np
 # that keeps the shorter side at DECODE_MIN_SIDE or the network's input size, whichever is larger
 # (the quality gate judges at 224 px), as models trained here are. A model is served what it was trained on.
 DECODINGS = ("full", "reduced")
-DECODE_MIN_SIDE = 224
+DECODE_MIN_SIDE = REDUCED_SIDE
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,12 @@ class InputSpec:
     def read(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
         """Stored bytes -> (upright RGB as this model is fed it, the photograph's own size)."""
         return decode_reduced(data, max(self.size, DECODE_MIN_SIDE) if self.decoding == "reduced" else 0)
+
+    @property
+    def reads_working_copy(self) -> bool:
+        """Whether `read` gives exactly the portal's working copy (triage.working_copy), so the worker
+        may take that instead of decoding: a reduced decoding at no more than its side."""
+        return self.decoding == "reduced" and self.size <= DECODE_MIN_SIDE
 
     def tensor(self, rgb: np.ndarray) -> np.ndarray:
         return preprocess_rgb(rgb, self.size, self.scaling)

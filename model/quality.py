@@ -253,7 +253,9 @@ def sharpness(grey: np.ndarray, mask: np.ndarray) -> float:
         area = np.ones((grey.shape[0] // TILE_PX, grey.shape[1] // TILE_PX), np.float32)
     else:
         m = mask.astype(np.float32)
-        fine, soft, area = fine * m, soft * m, _tile_means(m, TILE_PX)
+        np.multiply(fine, m, out=fine)  # in place: both are fresh arrays of their own
+        np.multiply(soft, m, out=soft)
+        area = _tile_means(m, TILE_PX)
     fine, soft = _tile_means(fine, TILE_PX), _tile_means(soft, TILE_PX)
     floor = max(DETAIL_FLOOR, NOISE_MARGIN * NOISE_GRADIENT * noise_level(grey, mask))
     detailed = (area >= 0.5) & (soft >= floor * area) & (fine > 0)
@@ -261,7 +263,7 @@ def sharpness(grey: np.ndarray, mask: np.ndarray) -> float:
         return 0.0
     kept = np.sort(soft[detailed] / fine[detailed])
     sharpest = kept[:max(1, round(kept.size * SHARPEST_SHARE))]
-    return float(np.clip(1.0 - sharpest.mean(), 0.0, 1.0))
+    return min(max(float(1.0 - sharpest.mean()), 0.0), 1.0)  # np.clip costs more on one number
 
 
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -270,19 +272,24 @@ _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 def noise_level(grey: np.ndarray, mask: np.ndarray) -> float:
     """Standard deviation of the picture's noise, by Immerkaer's estimate (a kernel blind to smooth
     shading; fine texture counts as noise too, which only raises the bar for a tile to count)."""
-    response = cv2.absdiff(cv2.filter2D(grey, -1, _NOISE_KERNEL), 0.0)
+    response = cv2.filter2D(grey, -1, _NOISE_KERNEL)
+    np.abs(response, out=response)  # in place: OpenCV's absdiff against a scalar costs twice as much
     inner = cv2.erode(mask.view(np.uint8), np.ones((3, 3), np.uint8))  # whole 3 x 3 neighbourhoods
-    if not inner.any():
+    n = cv2.countNonZero(inner)
+    if n == 0:
         return 0.0
-    return float(np.sqrt(np.pi / 2) / 6 * cv2.mean(response, inner)[0])
+    # The mean over `inner` as a plain sum of the response zeroed elsewhere: OpenCV's masked mean
+    # goes pixel by pixel, its plain sum is vectorised (both add in double precision).
+    np.multiply(response, inner, out=response)
+    return float(np.sqrt(np.pi / 2) / 6 * cv2.sumElems(response)[0] / n)
 
 
-def flat_colour_share(rgb: np.ndarray) -> float:
+def flat_colour_share(rgb: np.ndarray, seen: np.ndarray | None = None) -> float:
     """Share of the frame in the few commonest exact colours: high for documents, screenshots and
     blank frames, tiny for photographs, whose sensor noise makes neighbouring pixels differ. Dark and
-    blown-out pixels are left out (a dermatoscope's vignette is legitimately one flat colour)."""
-    brightest = _brightest_channel(rgb)
-    lit = (brightest >= COLOUR_MIN_VALUE) & (brightest < CHANNEL_MAX)
+    blown-out pixels are left out (a dermatoscope's vignette is legitimately one flat colour).
+    `seen` is colour_seen(rgb), when the caller has it already."""
+    lit = colour_seen(rgb) if seen is None else seen
     # Each pixel as one 32-bit number (its RGB bytes plus a constant alpha), so colours compare as
     # integers; OpenCV builds it in one pass, NumPy's shifts and ors would take ten times as long.
     packed = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)).view(np.uint32)[..., 0]
@@ -300,24 +307,29 @@ def _commonest_count(values: np.ndarray, k: int) -> int:
     return int(np.sort(runs)[-k:].sum())
 
 
+def colour_seen(rgb: np.ndarray) -> np.ndarray:
+    """True where a colour can be told apart: neither too dark for it nor with a channel blown out."""
+    brightest = _brightest_channel(rgb)
+    return (brightest >= COLOUR_MIN_VALUE) & (brightest < CHANNEL_MAX)
+
+
 def _brightest_channel(rgb: np.ndarray) -> np.ndarray:
     """max(R, G, B) per pixel (NumPy's max over the last axis is slow on interleaved channels)."""
     r, g, b = cv2.split(rgb)
     return cv2.max(cv2.max(r, g), b)
 
 
-def colourless_share(rgb: np.ndarray) -> float:
+def colourless_share(rgb: np.ndarray, seen: np.ndarray | None = None) -> float:
     """Share of the pixels whose colour can be seen that have none (grey, white paper, black print):
     skin of any tone always has hue. Shadows, a dermatoscope's dark surround and blown-out white are
     not counted either way; if too little is left (a frame mostly dark or blown out), colour is not
-    judged (0)."""
-    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
-    brightest = _brightest_channel(rgb)
-    seen = (brightest >= COLOUR_MIN_VALUE) & (brightest < CHANNEL_MAX)
-    n = int(seen.sum())
+    judged (0). `seen` is colour_seen(rgb), when the caller has it already."""
+    seen = colour_seen(rgb) if seen is None else seen
+    n = np.count_nonzero(seen)
     if n < MIN_COLOUR_SHARE * seen.size:
         return 0.0
-    return float(((saturation < GREY_SATURATION) & seen).sum() / n)
+    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    return float(np.count_nonzero((saturation < GREY_SATURATION) & seen) / n)
 
 
 def relative_contrast(grey: np.ndarray, mask: np.ndarray) -> float:
@@ -335,10 +347,12 @@ def relative_contrast(grey: np.ndarray, mask: np.ndarray) -> float:
 def text_edge_share(grey: np.ndarray, mask: np.ndarray) -> float:
     """Share of the picture on a hard step between neighbouring pixels, as at the strokes of print.
     Skin, hairs included, has few such steps at this scale."""
-    step = np.zeros(grey.shape, bool)
-    step[:, :-1] |= np.abs(np.diff(grey, axis=1)) > TEXT_STEP
-    step[:-1] |= np.abs(np.diff(grey, axis=0)) > TEXT_STEP
-    return float((step & mask).sum() / max(1, mask.sum()))
+    # OpenCV on shifted views: |a - b| as NumPy's diff and abs would give it, without their temporaries.
+    step = np.zeros(grey.shape, np.uint8)
+    step[:, :-1] = cv2.compare(cv2.absdiff(grey[:, 1:], grey[:, :-1]), TEXT_STEP, cv2.CMP_GT)
+    step[:-1] |= cv2.compare(cv2.absdiff(grey[1:], grey[:-1]), TEXT_STEP, cv2.CMP_GT)
+    inside = mask.view(np.uint8)
+    return float(cv2.countNonZero(step & inside) / max(1, cv2.countNonZero(inside)))
 
 
 def measure(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> Measurements:
@@ -349,15 +363,16 @@ def measure(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> Me
     view = working_view(rgb)
     grey = view.grey
     mask = picture_mask(grey)
+    seen = colour_seen(view.colour)  # both colour checks leave out the same pixels
     return Measurements(
         width=int(width), height=int(height),
         sharpness=sharpness(grey, mask),
-        brightness=float(grey.mean()),
+        brightness=cv2.mean(grey)[0],  # in double precision, and vectorised
         contrast=relative_contrast(grey, mask),
         clipped_dark=float(np.count_nonzero(grey <= BLACK_LEVEL) / grey.size),
         clipped_bright=float(np.count_nonzero(grey >= WHITE_LEVEL) / grey.size),
-        flat_colour=flat_colour_share(view.colour),
-        colourless=colourless_share(view.colour),
+        flat_colour=flat_colour_share(view.colour, seen),
+        colourless=colourless_share(view.colour, seen),
         text_edges=text_edge_share(grey, mask),
     )
 

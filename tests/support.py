@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, select, text
 
 from harness.processes import (ROOT, VENV_BIN, CeleryProcess, Flower, PostgresServer, RedisServer,  # noqa: F401
                                Scheduler, WebServer, Worker, child_env, free_port, settings_env, wait_until)
+from triage.store import WORKING_SUFFIX
 
 PASSWORD = "correct-horse-battery-staple"  # every test user's password unless a test says otherwise
 _HASHES: dict[str, str] = {}
@@ -306,3 +307,14 @@ def clinical_fields(db) -> dict[str, tuple]:
                          .outerjoin(Lesion, Lesion.id == Image.lesion_id)
                          .outerjoin(Patient, Patient.id == Lesion.patient_id)).all()
     return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def stored_files(stack) -> list[Path]:
+    """The photographs (and heatmaps) in a stack's image store. A working copy (triage.working_copy) is
+    not one, but it may only lie beside a stored photograph: never a file for a refused upload."""
+    root = stack.settings.image_store
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    photos = [p for p in files if p.suffix != WORKING_SUFFIX]
+    names = {p.name for p in photos}
+    assert all(p.stem in names for p in files if p.suffix == WORKING_SUFFIX), "a working copy without its photograph"
+    return photos

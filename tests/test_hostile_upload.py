@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from harness import imagegen
+from tests.support import stored_files
 from tests.test_imaging import (SCRIPT, encode, gif_with_frames, jpeg_declaring, png_chunk,
                                 png_with_chunk_before_idat, private_exif, with_segment)
 from triage.schema import ImageStatus
@@ -67,8 +68,7 @@ def test_hostile_files_are_rejected_alone_and_awkward_ones_analysed(sqlite_stack
         assert files[name]["status"] == "rejected" and files[name]["reason"], name
     for name in odd:
         assert files[name]["status"] == "accepted", (name, files[name])
-    store = stack.settings.image_store
-    assert len([p for p in store.rglob("*") if p.is_file()]) == len(odd)
+    assert len(stored_files(stack)) == len(odd)
 
     stack.start_worker()
     batch = response.get_json()["batch_id"]

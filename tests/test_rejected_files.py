@@ -12,6 +12,7 @@ from werkzeug.datastructures import FileStorage
 
 from harness import imagegen
 from tests.fhir_check import resources, valid_bundle
+from tests.support import stored_files
 from triage.imaging import UNREADABLE
 from triage.schema import AuditEvent, Batch, Image, RejectedFile, Role
 
@@ -28,11 +29,6 @@ def refusals(stack, batch_id: int) -> list[tuple]:
             select(RejectedFile.name, RejectedFile.kind, RejectedFile.size_bytes, RejectedFile.sha256,
                    RejectedFile.reason, RejectedFile.uploaded_by_id)
             .where(RejectedFile.batch_id == batch_id).order_by(RejectedFile.id))]
-
-
-def stored_files(stack) -> list:
-    root = stack.settings.image_store
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def test_rejected_files_are_recorded_in_their_batch_and_shown_everywhere(make_stack, database_url):

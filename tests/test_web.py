@@ -14,14 +14,9 @@ import requests
 from PIL import Image as PILImage
 
 from harness import imagegen
-from tests.support import clinical_fields, csrf_token, free_port, seed_analysis
+from tests.support import clinical_fields, csrf_token, free_port, seed_analysis, stored_files
 from triage.imaging import RejectedImage, sanitize
 from triage.schema import ImageStatus
-
-
-def stored_files(stack) -> list:
-    root = stack.settings.image_store
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def queue_length(stack) -> int:

@@ -1,7 +1,7 @@
 """Reading untrusted image bytes: validate fully, remove metadata, convert to RGB.
 
 The web uses `sanitize` before anything is stored; the worker uses `decode_reduced` on the stored file
-(at the scale its model's card says).
+(at the scale its model's card says), or the portal's reduced decode of it (`triage.working_copy`).
 Both live here so that what the portal accepts is exactly what the worker can read.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .phash import HASH_SIDE, perceptual_hash
+from .phash import perceptual_hash
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 UNREADABLE = "The file is not a readable image; JPEG, PNG and WEBP are accepted."
@@ -25,6 +25,8 @@ _JPEG_VARIANTS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 # Pillow's own bomb guard stays on as a second line; our explicit cap below gives the clear message.
 Image.MAX_IMAGE_PIXELS = 200_000_000
+# The shorter side a reduced decode keeps: the quality gate judges at 224 px and the networks take 224.
+REDUCED_SIDE = 224
 
 
 class RejectedImage(Exception):
@@ -39,6 +41,8 @@ class SanitizedImage:
     height: int
     source_format: str
     phash: str  # perceptual hash of the stored pixels, for near-duplicate flags
+    # decode_reduced(data, REDUCED_SIDE), when checking the file made it anyway (a JPEG stored as sent)
+    working: tuple[np.ndarray, tuple[int, int]] | None = None
 
 
 def sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
@@ -81,22 +85,15 @@ def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
     if kind == "JPEG" and orientation == 1:
         # Common case: drop metadata segments without re-encoding, so pixels stay exactly as taken.
         data = strip_jpeg_metadata(raw)
-        out = Image.open(io.BytesIO(data))
-        _decode_every_block(out)
-        return SanitizedImage(data, "JPEG", width, height, fmt, _phash(out))
+        # Every block of every scan is Huffman-decoded whatever the scale (libjpeg scales in the
+        # inverse DCT), so a truncated or corrupt file fails here exactly as at full size
+        # (tests/test_web.py holds the two to the same verdicts). The scale is the worker's, so these
+        # pixels are kept for it (triage.working_copy) instead of decoding the file again there.
+        working = decode_reduced(data, REDUCED_SIDE)
+        return SanitizedImage(data, "JPEG", width, height, fmt, perceptual_hash(working[0]), working)
     probe.load()
     upright = ImageOps.exif_transpose(probe)  # first frame only for animated files
     return _reencode(upright, probe, kind, fmt)
-
-
-def _decode_every_block(jpeg: Image.Image) -> None:
-    """Decode the whole JPEG, at an eighth of its size. libjpeg scales in the inverse DCT, after it has
-    read and Huffman-decoded every block of every scan, so a truncated or corrupt file fails here
-    exactly as at full size (tests/test_web.py holds the two to the same verdicts), at about two
-    thirds of the cost of a half-size decode. The pixels serve only the perceptual hash, which averages
-    them down to HASH_SIDE anyway; what is stored is the file's own bytes."""
-    jpeg.draft(jpeg.mode, (max(HASH_SIDE, jpeg.width // 8), max(HASH_SIDE, jpeg.height // 8)))
-    jpeg.load()
 
 
 def _orientation(image: Image.Image) -> int:

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from triage import working_copy
 from triage.db import insert_ignoring_conflicts
 from triage.imaging import RejectedImage, sanitize
 from triage.jobs import enqueue_analysis
@@ -176,7 +177,8 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
             p.result.reason = str(exc)
             continue
         # Each upload is hashed once: a file with nothing to strip is stored as sent, under its own SHA-256.
-        key, created = svc.store.put(clean.data, p.digest if clean.data == raw else None)
+        working = working_copy.pack(*clean.working) if clean.working else None
+        key, created = svc.store.put(clean.data, p.digest if clean.data == raw else None, working=working)
         if created:
             created_keys.append(key)
         p.row = dict(display_name=p.result.name, sha256=p.digest, store_key=key, size_bytes=p.size,

@@ -1,4 +1,5 @@
-"""Sweeping the image store: files that no row refers to (an upload killed before its commit)."""
+"""Sweeping the image store: files that no row refers to (an upload killed before its commit), and
+working copies whose image is no longer waiting for the worker."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,10 @@ import time
 from sqlalchemy import select
 
 from triage.db import Database
-from triage.schema import Analysis, Image
-from triage.store import ImageStore, S3ImageStore
+from triage.schema import Analysis, Image, ImageStatus
+from triage.store import WORKING_SUFFIX, ImageStore, S3ImageStore
+
+from .claims import WAITING
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,10 @@ def sweep_orphans(db: Database, store: ImageStore | S3ImageStore, grace_s: float
     with db.session() as s:
         used = set(s.scalars(select(Image.store_key)))
         used |= set(s.scalars(select(Analysis.heatmap_key).where(Analysis.heatmap_key.is_not(None))))
+        # The worker removes a working copy once it has read it; one left by an image that was analysed
+        # from its photograph instead (a copy that arrived late, or a retry) goes here.
+        waiting = s.scalars(select(Image.store_key).where(Image.status.in_((*WAITING, ImageStatus.PROCESSING))))
+        used |= {key + WORKING_SUFFIX for key in waiting}
     removed = 0
     for name in old:
         if name not in used:

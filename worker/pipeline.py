@@ -11,6 +11,7 @@ from sqlalchemy import JSON, bindparam, case, update
 
 from model.preprocess import InputSpec
 from model.quality import QualityThresholds, assess_quality
+from triage import working_copy
 from triage.db import Database, insert_ignoring_conflicts
 from triage.notifications import announce_urgent
 from triage.reviews import open_cases
@@ -66,7 +67,7 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec
     cpu_start = time.thread_time()
     try:
         # One working copy for the gate and the network, decoded as the model was trained (its card).
-        rgb, own_size = spec.read(store.get(item.store_key))
+        (rgb, own_size), out.timings["working_copy"] = pixels(item.store_key, store, spec)
     except Exception as exc:  # a stored file that no longer decodes is this image's failure only
         out.error = f"The stored image could not be decoded ({type(exc).__name__}: {exc})."
         return Prepared(out)
@@ -87,6 +88,23 @@ def prepare(item: Claimed, store: ImageStore, quality_t: QualityThresholds, spec
     out.timings["preprocess_ms"] = elapsed_ms(start)
     out.timings["prepare_cpu_ms"] = round((time.thread_time() - cpu_start) * 1000, 2)
     return Prepared(out, tensor, report.marginal, quality)
+
+
+def pixels(key: str, store: ImageStore, spec: InputSpec) -> tuple[tuple[np.ndarray, tuple[int, int]], bool]:
+    """(`spec.read` of the stored photograph, whether it came from the portal's working copy).
+
+    The copy is what `spec.read` would give (triage.working_copy), so it is taken when the model's
+    decoding is the copy's; it is removed once read either way, as nothing else needs it. A missing,
+    damaged or foreign copy costs only the decode."""
+    copy = store.get_working(key)
+    if copy is not None:
+        store.drop_working(key)
+        if spec.reads_working_copy:
+            try:
+                return working_copy.unpack(copy), True
+            except ValueError as exc:
+                log.info("working copy of %s not used: %s", key[:12], exc)
+    return spec.read(store.get(key)), False
 
 
 def classify(prepared: list[Prepared], classifier, risk_t: RiskThresholds, explainer=None) -> list[Outcome]:

@@ -183,7 +183,8 @@ def breakdown_section(r: dict) -> list[str]:
     explained = pipe["settings"]["gradcam"]
     return [
         row("where the time goes (pipeline run, mean per image)", "ms"),
-        row("   decode", fmt(b["decode_ms"])),
+        row(f"   decode (read from the portal's working copy for {b.get('working_copy_share', 0):.0%})",
+            fmt(b["decode_ms"])),
         row("   quality checks", fmt(b["quality_ms"])),
         row("   preprocess", fmt(b["preprocess_ms"])),
         row("   decode + quality + preprocess, CPU on its thread (the three above are wall time)",

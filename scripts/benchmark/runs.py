@@ -138,7 +138,8 @@ def breakdown(stored: dict[int, tuple[float, dict]], wall_s_per_image: float, wr
     return {"decode_ms": mean("decode_ms"), "quality_ms": mean("quality_ms"),
             "preprocess_ms": mean("preprocess_ms"), "prepare_cpu_ms": mean("prepare_cpu_ms"), "forward_ms": mean("forward_ms"),
             "explain_ms": mean("explain_ms"), "claim_ms": mean("claim_ms"), "write_ms": write_ms,
-            "mean_batch": mean("batch_size"), "wall_ms": wall_s_per_image * 1000}
+            "mean_batch": mean("batch_size"), "wall_ms": wall_s_per_image * 1000,
+            "working_copy_share": mean("working_copy")}
 
 
 def steady_load(system: System, paths: list[Path], per_second: float) -> dict:

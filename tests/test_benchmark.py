@@ -61,6 +61,12 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
     assert pipe["throughput"]["breakdown"]["write_ms"] > 0  # read back from the worker's metrics
     # TensorFlow's threads are a part of the model process, never more than it
     assert 0 <= pipe["throughput"]["cpu_ms_network_threads"] <= pipe["throughput"]["cpu_ms"]["worker_model_process"]
+    # and with the worker's named threads they are parts of it (each thread's CPU is read in whole clock
+    # ticks of 10 ms, so the sum may fall short, or exceed it by a tick a thread)
+    threads = pipe["throughput"]["cpu_ms_model_threads"]
+    assert set(threads) == {"network", "prepare", "lane", "write", "job"}
+    assert threads["network"] == pipe["throughput"]["cpu_ms_network_threads"]
+    assert sum(threads.values()) <= pipe["throughput"]["cpu_ms"]["worker_model_process"] + 40 * 10 / images
     assert 0 <= model["precision"][0]["top1_identical"] <= 1
     outside = pipe["throughput"]["cpu_ms_total"] - model["limit"]["cpu_ms"]
     assert targets["cpu_outside_network_ms"] == pytest.approx(outside)
@@ -263,3 +269,20 @@ def test_the_worker_runs_its_passes_on_the_threads_it_was_given(tiny_model_path)
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_the_workers_pools_name_their_threads_for_the_operating_system():
+    # The benchmark (and `top -H`) tells the worker's parts apart by these names.
+    import threading
+    from pathlib import Path
+
+    from triage.settings import Settings
+    from worker.runtime import Runtime
+
+    def kernel_name() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    runtime = Runtime(Settings(decode_threads=2, forward_lanes=2))
+    names = {pool: getattr(runtime, pool).submit(kernel_name).result() for pool in ("pool", "background", "writer")}
+    assert names == {"pool": "prepare", "background": "lane", "writer": "write"}
+    assert kernel_name() != "prepare"  # only the pools' own threads

@@ -19,6 +19,7 @@ from triage.settings import Settings, get_settings
 from triage.store import open_store
 
 log = logging.getLogger(__name__)
+PR_SET_NAME = 15  # prctl(2)
 
 
 class Runtime:
@@ -64,18 +65,33 @@ class Runtime:
     def pool(self) -> ThreadPoolExecutor | None:
         """Threads that prepare one batch's images side by side (None: in the job's own thread)."""
         threads = self.settings.decode_threads
-        return ThreadPoolExecutor(threads, thread_name_prefix="prepare") if threads > 0 else None
+        return _named_pool(threads, "prepare") if threads > 0 else None
 
     @cached_property
     def background(self) -> ThreadPoolExecutor:
         """Threads for a job's other lanes (see tasks._run_batches), which claim and prepare batches
         while the job's own thread has one in the network."""
-        return ThreadPoolExecutor(max(1, self.settings.forward_lanes - 1), thread_name_prefix="lane")
+        return _named_pool(max(1, self.settings.forward_lanes - 1), "lane")
 
     @cached_property
     def writer(self) -> ThreadPoolExecutor:
         """One thread that writes results, one batch after another in the order they came out."""
-        return ThreadPoolExecutor(1, thread_name_prefix="write")
+        return _named_pool(1, "write")
+
+
+def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """Threads named for their part, in Python and for the operating system too (`top -H`, /proc), as
+    TensorFlow names its own (tf_...): an operator, and the benchmark, can see which part uses the CPU."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,))
+
+
+def name_os_thread(name: str) -> None:
+    """The calling thread's name as the kernel shows it (15 bytes at most); nothing where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def threads_per_pass(settings: Settings) -> int:

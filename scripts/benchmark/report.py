@@ -143,8 +143,11 @@ def network_thread_rows(run: dict, threads_per_pass: int | None) -> list[str]:
         return []
     if threads_per_pass != 1:
         return ["   (CPU by thread: only measured with one thread per forward pass)"]
+    threads = run.get("cpu_ms_model_threads", {})
+    model_parts = ", ".join(f"{part} {fmt(ms)}" for part, ms in threads.items() if part != "network")
     return [row("   by thread: TensorFlow's own threads in the pipeline (the network)", fmt(network)),
-            row("   by thread: everything else, from HTTP request to stored result", fmt(run["cpu_ms_total"] - network))]
+            row("   by thread: everything else, from HTTP request to stored result", fmt(run["cpu_ms_total"] - network)),
+            *([f"      of which the model process's other threads: {model_parts}"] if model_parts else [])]
 
 
 def latency_section(r: dict) -> list[str]:

@@ -54,7 +54,7 @@ def throughput(system: System, paths: list[Path], files_per_request: int, upload
     chunks = [paths[i:i + files_per_request] for i in range(0, len(paths), files_per_request)]
     writes_before = system.write_metrics()
     memory = MemorySampler(system).start()
-    cpu_before, network_before = system.cpu_seconds(), system.network_thread_seconds()
+    cpu_before, threads_before = system.cpu_seconds(), system.model_thread_seconds()
     started = time.time()
     try:
         with ThreadPoolExecutor(uploaders) as pool:
@@ -65,13 +65,15 @@ def throughput(system: System, paths: list[Path], files_per_request: int, upload
     finally:
         memory.stop()
     cpu = {part: (used - cpu_before[part]) * 1000 / len(ids) for part, used in system.cpu_seconds().items()}
-    network_ms = (system.network_thread_seconds() - network_before) * 1000 / len(ids)
+    threads_ms = {part: (used - threads_before[part]) * 1000 / len(ids)
+                  for part, used in system.model_thread_seconds().items()}
     stored = system.analyses(ids)
     times = sorted(t for t, _ in stored.values())
     seconds = times[-1] - started
     return {"images": len(ids), "statuses": count(statuses.values()), "seconds": seconds,
             "rss_settled_mb": memory.at(times[len(times) // 10]), "rss_settled_after": len(times) // 10,
-            "cpu_ms": cpu, "cpu_ms_total": sum(cpu.values()), "cpu_ms_network_threads": network_ms,
+            "cpu_ms": cpu, "cpu_ms_total": sum(cpu.values()), "cpu_ms_network_threads": threads_ms["network"],
+            "cpu_ms_model_threads": threads_ms,
             "rss_samples": [(round(t - started, 1), round(mb, 1)) for t, mb in memory.samples],
             "images_per_s": len(ids) / seconds, "uploads_done_s": uploaded - started,
             "steady_images_per_s": steady_rate(times),

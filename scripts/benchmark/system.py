@@ -145,19 +145,22 @@ class System:
                 "worker_parent": table.get(self.worker.proc.pid, (0, 0.0))[1],
                 "web": tree_cpu(table, self.web.proc.pid), "redis": tree_cpu(table, self.redis.proc.pid)}
 
-    def network_thread_seconds(self) -> float:
-        """CPU time of TensorFlow's own threads in the processes that hold the model: the network's
-        computing, as it runs in the pipeline beside everything else (the Python threads that claim,
-        prepare and write are not among them)."""
-        total = 0.0
+    def model_thread_seconds(self) -> dict[str, float]:
+        """CPU time of the threads of the processes that hold the model, by part: "network" is
+        TensorFlow's own threads (tf_...), its computing as it runs in the pipeline beside everything
+        else; "prepare", "lane" and "write" are the worker's named pools (worker.runtime); "job" is the
+        rest, the job's own thread (Celery's, which is also the first lane) above all."""
+        parts = dict.fromkeys(("network", "prepare", "lane", "write", "job"), 0.0)
         for pid in self.worker.child_pids():
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
-                    if (task / "comm").read_text().startswith("tf_"):
-                        total += stat_cpu(task / "stat")[1]
+                    name = (task / "comm").read_text().strip()
+                    seconds = stat_cpu(task / "stat")[1]
                 except OSError:  # the thread ended while we looked
                     continue
-        return total
+                part = "network" if name.startswith("tf_") else name if name in parts else "job"
+                parts[part] += seconds
+        return parts
 
     def write_metrics(self) -> dict[str, float]:
         """From the worker's Prometheus metrics: seconds spent writing batches, and images finished."""

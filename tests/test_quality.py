@@ -172,6 +172,14 @@ def test_degenerate_frames_are_judged_not_crashed_on(make, expected):
     assert not report.passed and expected <= failing(report)
 
 
+def test_hard_steps_are_counted_along_a_strip_one_pixel_high_or_wide():
+    from model.quality import text_edge_share
+
+    row = np.array([[0, 100, 100, 0, 0]], np.float32)  # two hard steps among five pixels
+    inside = np.ones(row.shape, bool)
+    assert text_edge_share(row, inside) == text_edge_share(row.T.copy(), inside.T.copy()) == 2 / 5
+
+
 # ---------------------------------------------------------------- counting colours
 
 def _commonest_counts_by_sorting(values: np.ndarray, k: int) -> int:

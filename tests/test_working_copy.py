@@ -60,11 +60,12 @@ def test_files_that_are_re_encoded_keep_no_copy():
 
 
 def test_a_copy_that_is_damaged_or_made_by_another_decoder_is_refused():
-    blob = working_copy.pack(np.zeros((10, 20, 3), np.uint8), (40, 20))
+    blob = working_copy.pack(np.full((10, 20, 3), 200, np.uint8), (40, 20))
     assert working_copy.unpack(blob)[1] == (40, 20)
     foreign = blob.replace(working_copy.DECODER, working_copy.DECODER[:-1] + b"?")
+    zeroed = blob[:-100] + bytes(100)  # what a power cut can leave of a file never forced to disk
     for bad, why in ((blob[:-1], "truncated"), (b"", "not a working copy"), (b"\xff\xd8\xff" + blob, "not a"),
-                     (foreign, "another decoder")):
+                     (foreign, "another decoder"), (zeroed, "checksum")):
         with pytest.raises(ValueError, match=why):
             working_copy.unpack(bad)
 

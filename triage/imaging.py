@@ -89,8 +89,8 @@ def _sanitize(raw: bytes, max_pixels: int) -> SanitizedImage:
         # inverse DCT), so a truncated or corrupt file fails here exactly as at full size
         # (tests/test_web.py holds the two to the same verdicts). The scale is the worker's, so these
         # pixels are kept for it (triage.working_copy) instead of decoding the file again there.
-        working = decode_reduced(data, REDUCED_SIDE)
-        return SanitizedImage(data, "JPEG", width, height, fmt, perceptual_hash(working[0]), working)
+        image, own_size = open_reduced(data, REDUCED_SIDE)
+        return SanitizedImage(data, "JPEG", width, height, fmt, _phash(image), (to_rgb(image), own_size))
     probe.load()
     upright = ImageOps.exif_transpose(probe)  # first frame only for animated files
     return _reencode(upright, probe, kind, fmt)
@@ -210,6 +210,12 @@ def decode_reduced(data: bytes, at_least: int = 0) -> tuple[np.ndarray, tuple[in
     the inverse DCT, so the skipped pixels are never computed) whose shorter side stays at least that
     many pixels: a 4,000 x 3,000 photograph for a 224-px network and gate comes out 500 x 375, at a
     fraction of the cost. Other formats, and smaller JPEGs, are decoded whole."""
+    image, own_size = open_reduced(data, at_least)
+    return to_rgb(image), own_size
+
+
+def open_reduced(data: bytes, at_least: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """`decode_reduced` as an upright Pillow image in its own mode."""
     image = Image.open(io.BytesIO(data))
     width, height = image.size
     if at_least and image.format == "JPEG" and min(width, height) > at_least:
@@ -220,7 +226,7 @@ def decode_reduced(data: bytes, at_least: int = 0) -> tuple[np.ndarray, tuple[in
         width, height = height, width
     # In place: a copy of every photograph (almost none needs turning) cost as much as the decode.
     ImageOps.exif_transpose(image, in_place=True)
-    return to_rgb(image), (width, height)
+    return image, (width, height)
 
 
 THUMB_SIDE = 160  # the pages show thumbnails at 72 px; twice that for sharp screens, and a little more

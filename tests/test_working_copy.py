@@ -162,3 +162,21 @@ def test_uploads_through_the_portal_are_analysed_from_their_copies(sqlite_stack)
             by_format.setdefault(kind, set()).add(timings["working_copy"])
     assert by_format == {"JPEG": {True}, "PNG": {False}}
     assert all(store.get_working(key) is None for key in kinds)
+
+
+def test_a_photograph_and_its_name_are_on_disk_before_put_returns_and_its_copy_is_not_forced(tmp_path, monkeypatch):
+    # What os.fsync is asked to force, by path: the photograph, then the folder that names it; the
+    # working copy is a cache and is never forced (a lost copy costs a decode).
+    forced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        forced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store = ImageStore(tmp_path / "images")
+    key, _ = store.put(b"photograph", working=b"copy")
+    folder = str(store.path(key).parent)
+    assert len(forced) == 2 and os.path.dirname(forced[0]) == folder and forced[1] == folder
+    assert not any(path.endswith(".work") for path in forced)

@@ -110,6 +110,19 @@ def _write_atomically(target: Path, data: bytes, durable: bool) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if durable:
+        # The new name must be on disk too before the caller commits a row that refers to it: the
+        # file's own fsync does not cover its folder's entry (POSIX; ext4 would write it with its
+        # next journal commit, up to seconds later).
+        _fsync_folder(target.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class S3ImageStore:

@@ -180,3 +180,14 @@ def test_a_photograph_and_its_name_are_on_disk_before_put_returns_and_its_copy_i
     folder = str(store.path(key).parent)
     assert len(forced) == 2 and os.path.dirname(forced[0]) == folder and forced[1] == folder
     assert not any(path.endswith(".work") for path in forced)
+
+
+def test_a_portal_told_to_keep_no_copies_keeps_none(make_stack, sqlite_url):
+    # DERMATRIAGE_WORKING_COPY=false, for a model decoded at full size, which would never read them.
+    stack = make_stack(sqlite_url, working_copy=False)
+    assert stack.upload([(imagegen.jpeg(5, 800, 600), "p5.jpg")]).get_json()["accepted"] == 1
+    with stack.db.session() as s:
+        [key] = s.scalars(select(ImageRow.store_key)).all()
+    store = stack.app.extensions["dermatriage"].store
+    assert store.exists(key) and store.get_working(key) is None
+    assert [name for name, _ in store.entries()] == [key]

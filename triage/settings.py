@@ -55,6 +55,12 @@ class Settings(BaseSettings):
                                    description="Largest upload request; over it the request gets a 413.")
     max_image_pixels: int = Field(50_000_000, validation_alias=_env("DERMATRIAGE_MAX_IMAGE_PIXELS"),
                                   description="Pixel cap against decompression bombs.")
+    working_copy: bool = Field(True, validation_alias=_env("DERMATRIAGE_WORKING_COPY"),
+                               description="The portal keeps its reduced decode of each JPEG (about 0.5 MB, "
+                                           "until the worker has read it) so the worker need not decode the "
+                                           "photograph again. Only a model whose card says `reduced` decoding "
+                                           "at 224 px or less reads it: turn it off for a model decoded at "
+                                           "full size (the reference), which would never use it.")
     session_hours: int = Field(12, ge=1, validation_alias=_env("DERMATRIAGE_SESSION_HOURS"),
                                description="A signed-in browser session ends after this many hours without a request.")
     login_rate_limit: str = Field("10 per minute", validation_alias=_env("DERMATRIAGE_LOGIN_RATE_LIMIT"),

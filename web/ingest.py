@@ -177,7 +177,7 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
             p.result.reason = str(exc)
             continue
         # Each upload is hashed once: a file with nothing to strip is stored as sent, under its own SHA-256.
-        working = working_copy.pack(*clean.working) if clean.working else None
+        working = working_copy.pack(*clean.working) if clean.working and svc.settings.working_copy else None
         key, created = svc.store.put(clean.data, p.digest if clean.data == raw else None, working=working)
         if created:
             created_keys.append(key)

@@ -16,21 +16,23 @@ POISON_SIDE = 333  # a decoded image of exactly 333 x 333 pixels crashes the wor
 
 _CRASHING_DECODER = f'''
 # Loaded by Python at start-up in a test's worker process only: the decoder aborts the process
-# (as a segfaulting codec would) on one recognisable image.
+# (as a segfaulting codec would) on one recognisable image, whether the worker decodes the photograph
+# or reads the portal's working copy of it.
 import os
 import triage.imaging as imaging
+import triage.working_copy as working_copy
 
-_decode = imaging.decode_reduced
+_decode, _unpack = imaging.decode_reduced, working_copy.unpack
 
 
-def decode_reduced(data, at_least=0):
-    rgb, size = _decode(data, at_least)
-    if size == ({POISON_SIDE}, {POISON_SIDE}):
+def _poisoned(pixels):
+    if pixels[1] == ({POISON_SIDE}, {POISON_SIDE}):
         os.abort()
-    return rgb, size
+    return pixels
 
 
-imaging.decode_reduced = decode_reduced  # every decode the worker makes goes through it
+imaging.decode_reduced = lambda data, at_least=0: _poisoned(_decode(data, at_least))
+working_copy.unpack = lambda blob: _poisoned(_unpack(blob))  # every way the worker gets pixels
 '''
 
 

@@ -51,6 +51,7 @@ def test_a_jpeg_keeps_exactly_the_workers_decode(size):
 def test_files_that_are_re_encoded_keep_no_copy():
     # The stored bytes are new (a PNG, or an upright re-encoding of a turned JPEG): the worker decodes them.
     assert sanitize(png(), LIMIT).working is None
+    assert sanitize(imagegen.jpeg(1), LIMIT, working=False).working is None  # DERMATRIAGE_WORKING_COPY=false
     turned = Image.fromarray(imagegen.skin_photo(4, 640, 480))
     exif = turned.getexif()
     exif[0x0112] = 6

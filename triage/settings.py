@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, validation_alias=_env("DERMATRIAGE_MAX_IMAGE_PIXELS"),
                                   description="Pixel cap against decompression bombs.")
     working_copy: bool = Field(True, validation_alias=_env("DERMATRIAGE_WORKING_COPY"),
-                               description="The portal keeps its reduced decode of each JPEG (about 0.5 MB, "
+                               description="The portal keeps its reduced decode of each JPEG (0.2-0.8 MB, "
                                            "until the worker has read it) so the worker need not decode the "
                                            "photograph again. Only a model whose card says `reduced` decoding "
                                            "at 224 px or less reads it: turn it off for a model decoded at "

@@ -172,12 +172,12 @@ def _store_files(svc: Services, pending: list[_Pending], created_keys: list[str]
         p.upload.stream.seek(0)  # read again rather than hold every file of a large request in memory
         raw = p.upload.stream.read(p.size)
         try:
-            clean = sanitize(raw, svc.settings.max_image_pixels)
+            clean = sanitize(raw, svc.settings.max_image_pixels, working=svc.settings.working_copy)
         except RejectedImage as exc:
             p.result.reason = str(exc)
             continue
         # Each upload is hashed once: a file with nothing to strip is stored as sent, under its own SHA-256.
-        working = working_copy.pack(*clean.working) if clean.working and svc.settings.working_copy else None
+        working = working_copy.pack(*clean.working) if clean.working else None
         key, created = svc.store.put(clean.data, p.digest if clean.data == raw else None, working=working)
         if created:
             created_keys.append(key)

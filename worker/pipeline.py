@@ -94,16 +94,15 @@ def pixels(key: str, store: ImageStore, spec: InputSpec) -> tuple[tuple[np.ndarr
     """(`spec.read` of the stored photograph, whether it came from the portal's working copy).
 
     The copy is what `spec.read` would give (triage.working_copy), so it is taken when the model's
-    decoding is the copy's; it is removed once read either way, as nothing else needs it. A missing,
-    damaged or foreign copy costs only the decode."""
-    copy = store.get_working(key)
+    decoding is the copy's; it is removed once read, or unread when the model is fed other pixels, as
+    nothing else needs it. A missing, damaged or foreign copy costs only the decode."""
+    copy = store.get_working(key) if spec.reads_working_copy else None
+    store.drop_working(key)
     if copy is not None:
-        store.drop_working(key)
-        if spec.reads_working_copy:
-            try:
-                return working_copy.unpack(copy), True
-            except ValueError as exc:
-                log.info("working copy of %s not used: %s", key[:12], exc)
+        try:
+            return working_copy.unpack(copy), True
+        except ValueError as exc:
+            log.info("working copy of %s not used: %s", key[:12], exc)
     return spec.read(store.get(key)), False
 
 

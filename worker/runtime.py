@@ -82,16 +82,14 @@ class Runtime:
 def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
     """Threads named for their part, in Python and for the operating system too (`top -H`, /proc), as
     TensorFlow names its own (tf_...): an operator, and the benchmark, can see which part uses the CPU."""
-    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,))
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=_name_os_thread, initargs=(name,))
 
 
-def name_os_thread(name: str) -> None:
-    """The calling thread's name as the kernel shows it (15 bytes at most); nothing where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
+def _name_os_thread(name: str) -> None:
+    """The calling thread's name as the kernel shows it (15 bytes at most); nothing without glibc."""
+    libc = _libc()
+    if libc is not None:
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def threads_per_pass(settings: Settings) -> int:

@@ -14,6 +14,7 @@ from triage.store import WORKING_SUFFIX, ImageStore, S3ImageStore
 from .claims import WAITING
 
 log = logging.getLogger(__name__)
+_KEEPS_COPY = frozenset((*WAITING, ImageStatus.PROCESSING))  # an image whose copy may still be read
 
 
 def sweep_orphans(db: Database, store: ImageStore | S3ImageStore, grace_s: float) -> int:
@@ -23,12 +24,12 @@ def sweep_orphans(db: Database, store: ImageStore | S3ImageStore, grace_s: float
     if not old:
         return 0
     with db.session() as s:
-        used = set(s.scalars(select(Image.store_key)))
+        images = s.execute(select(Image.store_key, Image.status)).all()
+        used = {key for key, _ in images}
         used |= set(s.scalars(select(Analysis.heatmap_key).where(Analysis.heatmap_key.is_not(None))))
         # The worker removes a working copy once it has read it; one left by an image that was analysed
         # from its photograph instead (a copy that arrived late, or a retry) goes here.
-        waiting = s.scalars(select(Image.store_key).where(Image.status.in_((*WAITING, ImageStatus.PROCESSING))))
-        used |= {key + WORKING_SUFFIX for key in waiting}
+        used |= {key + WORKING_SUFFIX for key, status in images if status in _KEEPS_COPY}
     removed = 0
     for name in old:
         if name not in used:

@@ -27,7 +27,8 @@ FIGURES = ("1. limit: compiled forward pass", "by batch size", "2. reference: on
            "MB at start", "over the rest of the run", "decode", "quality checks", "preprocess", "forward (its batch",
            "Grad-CAM pass", "heatmap overlays", "database (claim + write)", "at the pipeline's largest batch", "wall time per image", "CPU time per image",
            "cores fit", "worker model process", "4. outside the network", "beyond the network", "bfloat16:",
-           "top-1 identical", "largest probability difference")
+           "top-1 identical", "largest probability difference", "confirmed side by side",
+           "the sweep's best alone")
 
 
 def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_path):
@@ -55,6 +56,13 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
               pipe["throughput"]["images_per_s"], model["precision"][0]["images_per_s"]]
     assert all(math.isfinite(v) and v > 0 for v in speeds)
     assert targets["pipeline_over_limit"] == pytest.approx(speeds[2] / speeds[0])
+    # The limit is the best of the sweep's fastest arrangements measured again side by side.
+    limit = model["limit"]
+    assert 1 <= len(limit["confirmed"]) <= 3 and set(limit["confirmed"]) <= set(limit["by_arrangement"])
+    assert limit["images_per_s"] == max(limit["confirmed"].values())
+    assert f"{limit['sweep_best']['batch']}x{limit['sweep_best']['streams']}" in limit["confirmed"]
+    assert limit["sweep_best"]["images_per_s"] == max(limit["by_arrangement"].values())
+    assert targets["pipeline_over_sweep_best"] == pytest.approx(speeds[2] / limit["sweep_best"]["images_per_s"])
     assert targets["pipeline_over_reference"] == pytest.approx(speeds[2] / speeds[1])
     assert pipe["rss_start_mb"] > 50 and pipe["rss_after_mb"] > 50  # the worker's child, model loaded
     assert pipe["throughput"]["breakdown"]["mean_batch"] >= 1
@@ -71,6 +79,18 @@ def test_the_benchmark_runs_on_a_handful_of_images_and_prints_every_figure(tmp_p
     outside = pipe["throughput"]["cpu_ms_total"] - model["limit"]["cpu_ms"]
     assert targets["cpu_outside_network_ms"] == pytest.approx(outside)
     assert sum(targets["cpu_outside_network_parts"].values()) == pytest.approx(outside)
+
+
+def test_paired_runs_take_turns_each_for_its_own_number_of_calls():
+    from scripts.benchmark.in_process import paired
+
+    order: list[str] = []
+    timed = paired({"small": lambda: order.append("small"), "large": lambda: order.append("large")},
+                   {"small": 2, "large": 8}, {"small": 4, "large": 2})
+    # one untimed call each, then turns while each has calls left
+    assert order == ["small", "large"] + ["small", "large"] * 2 + ["small"] * 2
+    assert [len(timed[name].seconds) for name in ("small", "large")] == [4, 2]
+    assert timed["small"].images_per_s > 0 and timed["large"].cpu_ms >= 0
 
 
 def test_photos_are_realistic_sizes_and_never_the_same_bytes(tmp_path):

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, func, select, tuple_, update
 
 from .catalogue import BY_SLUG, class_name
 from .db import insert_ignoring_conflicts
@@ -45,6 +45,23 @@ class DecisionError(ValueError):
 
 # --- opening cases -------------------------------------------------------------------------------
 
+# Built once (the worker runs them with every batch): what a new analysis's case is made from, and
+# the older pending cases of images analysed again.
+_NEW_ANALYSES = (
+    select(Analysis.id, Analysis.image_id, Analysis.priority, Analysis.top_class, Image.batch_id, Image.created_at,
+           Image.lesion_id, Lesion.patient_id)
+    .join(Image, Image.id == Analysis.image_id).outerjoin(Lesion, Lesion.id == Image.lesion_id)
+    .where(Analysis.id.in_(bindparam("ids", expanding=True)), Analysis.outcome == ImageStatus.ANALYSED))
+_NEWEST = (select(ReviewCase.image_id, func.max(ReviewCase.analysis_id).label("newest"))
+           .where(ReviewCase.image_id.in_(bindparam("image_ids", expanding=True)))
+           .group_by(ReviewCase.image_id).subquery())
+_SUPERSEDE = (update(ReviewCase.__table__)
+              .where(ReviewCase.id.in_(select(ReviewCase.id).join(_NEWEST, and_(
+                  _NEWEST.c.image_id == ReviewCase.image_id, ReviewCase.analysis_id < _NEWEST.c.newest))),
+                     ReviewCase.state == CaseState.PENDING)
+              .values(state=CaseState.SUPERSEDED))
+
+
 def open_cases(session, analysis_ids: list[int], audit_share: float, draw=random.random) -> list[dict]:
     """Give each of these analyses its case in the review queue; returns the cases opened.
 
@@ -55,11 +72,7 @@ def open_cases(session, analysis_ids: list[int], audit_share: float, draw=random
     """
     if not analysis_ids:
         return []
-    rows = session.execute(
-        select(Analysis.id, Analysis.image_id, Analysis.priority, Analysis.top_class, Image.batch_id, Image.created_at,
-               Image.lesion_id, Lesion.patient_id)
-        .join(Image, Image.id == Analysis.image_id).outerjoin(Lesion, Lesion.id == Image.lesion_id)
-        .where(Analysis.id.in_(analysis_ids), Analysis.outcome == ImageStatus.ANALYSED)).all()
+    rows = session.execute(_NEW_ANALYSES, {"ids": list(analysis_ids)}).all()
     if not rows:
         return []
     now = utcnow()
@@ -86,12 +99,7 @@ def _case_values(row, audit_share: float, draw, now: datetime) -> dict:
 
 def _supersede_older(session, image_ids: list[int]) -> None:
     """An image analysed again (another model version) is reviewed once, on its newest analysis."""
-    newest = (select(ReviewCase.image_id, func.max(ReviewCase.analysis_id).label("newest"))
-              .where(ReviewCase.image_id.in_(image_ids)).group_by(ReviewCase.image_id).subquery())
-    stale = select(ReviewCase.id).join(newest, and_(newest.c.image_id == ReviewCase.image_id,
-                                                    ReviewCase.analysis_id < newest.c.newest))
-    session.execute(update(ReviewCase).where(ReviewCase.id.in_(stale), ReviewCase.state == CaseState.PENDING)
-                    .values(state=CaseState.SUPERSEDED))
+    session.connection().execute(_SUPERSEDE, {"image_ids": image_ids})
 
 
 def regroup(session, patient_ids) -> None:

@@ -195,9 +195,10 @@ def release_claims(session, outcomes: list[Outcome], node: str, duplicates: dict
                   lease_expires_at=None, claimed_by=None)
     if duplicates:  # the others keep the flag they have
         values["near_duplicate_of_id"] = case(duplicates, value=Image.id, else_=Image.near_duplicate_of_id)
-    return dict(session.execute(update(Image).where(
-        Image.id.in_(by_id), Image.status == ImageStatus.PROCESSING, Image.claimed_by == node,
-    ).values(**values).returning(Image.id, Image.created_at)).all())
+    images = Image.__table__  # Core, as in claims._take: no Image objects here to synchronise
+    return dict(session.connection().execute(update(images).where(
+        images.c.id.in_(by_id), images.c.status == ImageStatus.PROCESSING, images.c.claimed_by == node,
+    ).values(**values).returning(images.c.id, images.c.created_at)).all())
 
 
 def insert_analyses(session, rows: list[dict]) -> list[int]:

@@ -190,12 +190,12 @@ def release_claims(session, outcomes: list[Outcome], node: str, duplicates: dict
     by_id = {o.image_id: o for o in outcomes}
     if not by_id:
         return {}
-    values = dict(status=case({i: o.status for i, o in by_id.items()}, value=Image.id),
-                  error=case({i: o.error for i, o in by_id.items()}, value=Image.id),
+    images = Image.__table__  # Core, as in claims._take: no Image objects here to synchronise
+    values = dict(status=case({i: o.status for i, o in by_id.items()}, value=images.c.id),
+                  error=case({i: o.error for i, o in by_id.items()}, value=images.c.id),
                   lease_expires_at=None, claimed_by=None)
     if duplicates:  # the others keep the flag they have
-        values["near_duplicate_of_id"] = case(duplicates, value=Image.id, else_=Image.near_duplicate_of_id)
-    images = Image.__table__  # Core, as in claims._take: no Image objects here to synchronise
+        values["near_duplicate_of_id"] = case(duplicates, value=images.c.id, else_=images.c.near_duplicate_of_id)
     return dict(session.connection().execute(update(images).where(
         images.c.id.in_(by_id), images.c.status == ImageStatus.PROCESSING, images.c.claimed_by == node,
     ).values(**values).returning(images.c.id, images.c.created_at)).all())

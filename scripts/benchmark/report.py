@@ -44,7 +44,7 @@ def targets(result: dict) -> dict:
     return {
         "pipeline_over_limit": speed / model["limit"]["images_per_s"],
         # Against the sweep's luckiest run, as this benchmark measured the limit before it confirmed it.
-        "pipeline_over_sweep_best": speed / model["limit"].get("sweep_best", model["limit"])["images_per_s"],
+        "pipeline_over_sweep_best": speed / model["limit"]["sweep_best"]["images_per_s"],
         "pipeline_over_reference": speed / model["reference"]["images_per_s"],
         # The same ratios from CPU time per image: what the cores would give with nothing else running.
         "cpu_pipeline_over_limit": model["limit"]["cpu_ms"] / run["cpu_ms_total"],
@@ -113,8 +113,6 @@ def throughput_section(r: dict) -> list[str]:
 
 def sweep_rows(limit: dict, t: dict) -> list[str]:
     """The confirmation round beside the sweep's best (see in_process.measure_limit)."""
-    if "sweep_best" not in limit:
-        return []
     sweep = limit["sweep_best"]
     return ["   confirmed side by side (about 3 s each): "
             + ", ".join(f"{k}: {v:.2f}" for k, v in limit["confirmed"].items()),

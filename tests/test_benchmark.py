@@ -306,3 +306,19 @@ def test_the_workers_pools_name_their_threads_for_the_operating_system():
     names = {pool: getattr(runtime, pool).submit(kernel_name).result() for pool in ("pool", "background", "writer")}
     assert names == {"pool": "prepare", "background": "lane", "writer": "write"}
     assert kernel_name() != "prepare"  # only the pools' own threads
+
+
+def test_a_lane_that_finds_nothing_waits_while_another_lane_is_busy_and_ends_when_none_is():
+    from worker.tasks import next_batch
+
+    waiting = [[], [], ["a", "b"]]  # photographs arrive while another lane has a batch in the network
+    assert next_batch(lambda: waiting.pop(0), lambda: True, lambda: 1, 0.001) == ["a", "b"]
+    assert waiting == []
+
+    claims = []
+    assert next_batch(lambda: claims.append(1) or [], lambda: True, lambda: 0, 0.001) == []
+    assert claims == [1]  # no lane busy: the queue is drained, one look is enough
+
+    turns = iter([True, True, True, False])  # the job's time is up while it waits
+    assert next_batch(lambda: [], lambda: next(turns), lambda: 1, 0.001) == []
+    assert next(turns, "done") == "done"

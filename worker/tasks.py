@@ -208,22 +208,35 @@ def _run_batches(rt, prepared: list[Prepared], held: list[int], chain: bool) -> 
     deadline = time.monotonic() + rt.settings.task_time_limit_s / 10
     writes: list[Future] = []
     failed = threading.Event()
+    holding = _Count()  # lanes with a batch in hand, from its claim to the end of its forward pass
+    pause = max(rt.settings.batch_max_wait_ms, 10) / 1000
 
     def go_on() -> bool:
         return chain and not _stop.is_set() and not failed.is_set() and time.monotonic() < deadline
 
+    def take() -> list[Prepared]:
+        batch = next_batch(lambda: _claim_and_prepare(rt, held), go_on, holding.value, pause)
+        if batch:
+            holding.add(1)
+        return batch
+
     def lane(batch: list[Prepared] | None) -> None:
         try:
             if batch is None:
-                batch = _claim_and_prepare(rt, held) if go_on() else []
+                batch = take()
             while batch:
-                outcomes = classify(batch, rt.classifier, rt.risk_thresholds, rt.explainer)
+                try:
+                    outcomes = classify(batch, rt.classifier, rt.risk_thresholds, rt.explainer)
+                finally:
+                    holding.add(-1)
                 writes.append(rt.writer.submit(_write, rt, outcomes))
-                batch = _claim_and_prepare(rt, held) if go_on() else []
+                batch = take()
         except BaseException:
             failed.set()  # the other lanes stop after their batch; the job's images are released together
             raise
 
+    if prepared:
+        holding.add(1)  # before the other lanes start, so that none takes an empty queue for the end
     others = [rt.background.submit(lane, None) for _ in range(rt.settings.forward_lanes - 1 if chain else 0)]
     try:
         lane(prepared)
@@ -233,6 +246,36 @@ def _run_batches(rt, prepared: list[Prepared], held: list[int], chain: bool) -> 
     for other in others:
         other.result()
     return sum(w.result() for w in writes)
+
+
+def next_batch(claim, go_on, others_holding, pause: float) -> list:
+    """A lane's next batch: `claim()` while `go_on()`. When nothing waits but another lane still has a
+    batch in the network, the job is under way and photographs may be arriving (an upload in flight):
+    look again after `pause` rather than leave the rest of the job to one lane. (A lane used to stop at
+    its first empty claim, and a job that began with a few images ran on one lane to its end: measured,
+    a 760-photograph job at 49 photographs a second against 64 with both lanes.) When no lane is busy,
+    the queue is drained and the lane ends."""
+    while go_on():
+        batch = claim()
+        if batch or not others_holding():
+            return batch
+        time.sleep(pause)
+    return []
+
+
+class _Count:
+    """A count that threads change (the lanes of one job)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    def value(self) -> int:
+        return self._count
 
 
 def _claim_and_prepare(rt, held: list[int]) -> list[Prepared]:

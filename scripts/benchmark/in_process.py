@@ -186,8 +186,8 @@ def measure_model(path: Path, sample: list[Path], args) -> dict:
 
     classifier = load_classifier(path, threads_per_pass=network_threads(args))
     tensors = network_inputs(sample, classifier.input_spec)
-    out = {"version": classifier.version, "trained": classifier.trained, "on_gpu": classifier.on_gpu,
-           "input_size": classifier.input_size}
+    out = {"version": classifier.version, "architecture": classifier.card.architecture,
+           "trained": classifier.trained, "on_gpu": classifier.on_gpu, "input_size": classifier.input_size}
     out["limit"] = measure_limit(classifier, tensors, args.batch_sizes, args.min_images, args.limit_streams)
     out["reference"] = measure_reference(classifier.model, tensors, args.reference_images)
     out["explanation"] = measure_explanation(classifier, tensors, pipeline_batch(args))

@@ -8,6 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 LIMIT_GAIN, REFERENCE_GAIN = 0.9, 2.0  # targets: pipeline >= 0.9 x limit and >= 2 x reference
+# Lite0's network is so cheap that the work beside it weighs as much: issue 13 asks half its limit.
+LIMIT_GAINS = {"efficientnet-lite0": 0.5}
+# The network's CPU per photograph at its limit on the 2-core machine issue 13's targets were set on
+# (ResNet152: 15.23 images/s, 127 ms; Lite0: 150 images/s at batch 16, about 13 ms). A run's own
+# figure over this says how much slower or faster its machine runs the same network.
+ISSUE_MACHINE_NETWORK_MS = {"resnet152": 127.0, "efficientnet-lite0": 13.0}
 OUTSIDE_NETWORK_MS = 12.0  # target: CPU per photograph outside the network, from HTTP request to stored result
 LATENCY_ALLOWANCE_MS = 150.0  # target: idle p50 <= batch-1 forward + this
 MEMORY_CAP_MB, MEMORY_GROWTH = 2048.0, 0.05
@@ -41,7 +47,10 @@ def targets(result: dict) -> dict:
     limit_ms = model["limit"]["batch1_forward_ms"] + LATENCY_ALLOWANCE_MS
     growth = pipe["rss_after_mb"] / pipe["rss_start_mb"] - 1
     settled = pipe["rss_after_mb"] / run["rss_settled_mb"] - 1
+    gain = LIMIT_GAINS.get(model.get("architecture"), LIMIT_GAIN)
+    outside_ms = run["cpu_ms_total"] - model["limit"]["cpu_ms"]
     return {
+        "limit_gain": gain,
         "pipeline_over_limit": speed / model["limit"]["images_per_s"],
         # Against the sweep's luckiest run, as this benchmark measured the limit before it confirmed it.
         "pipeline_over_sweep_best": speed / model["limit"]["sweep_best"]["images_per_s"],
@@ -51,19 +60,31 @@ def targets(result: dict) -> dict:
         "cpu_pipeline_over_reference": model["reference"]["cpu_ms"] / run["cpu_ms_total"],
         # Everything but the network: the pipeline's CPU per photograph less the limit's, which is the
         # network alone; the model process's share is what it spends beyond the network.
-        "cpu_outside_network_ms": run["cpu_ms_total"] - model["limit"]["cpu_ms"],
+        "cpu_outside_network_ms": outside_ms,
+        **machine_scale(model, outside_ms),
         "cpu_outside_network_parts": {part: ms - (model["limit"]["cpu_ms"] if part == "worker_model_process" else 0)
                                       for part, ms in run["cpu_ms"].items()},
         "idle_p50_limit_ms": limit_ms,
         "memory_growth": growth,
         "memory_growth_settled": settled,
-        "met": {"limit": speed >= LIMIT_GAIN * model["limit"]["images_per_s"],
+        "met": {"limit": speed >= gain * model["limit"]["images_per_s"],
                 "reference": speed >= REFERENCE_GAIN * model["reference"]["images_per_s"],
                 "idle_latency": pipe["idle_latency"]["p50_ms"] <= limit_ms,
-                "outside_network": run["cpu_ms_total"] - model["limit"]["cpu_ms"] <= OUTSIDE_NETWORK_MS,
+                "outside_network": outside_ms <= OUTSIDE_NETWORK_MS,
                 "memory": pipe["rss_after_mb"] < MEMORY_CAP_MB and growth <= MEMORY_GROWTH,
                 "memory_settled": pipe["rss_after_mb"] < MEMORY_CAP_MB and settled <= MEMORY_GROWTH},
     }
+
+
+def machine_scale(model: dict, outside_ms: float) -> dict:
+    """How fast this machine ran the network against the machine the targets were set on, and line 4
+    scaled by that: an estimate for comparing runs across machines, never what a target is held to
+    (the work beside the network need not scale as the network's does)."""
+    reference_ms = ISSUE_MACHINE_NETWORK_MS.get(model.get("architecture"))
+    if reference_ms is None:
+        return {}
+    speed = reference_ms / model["limit"]["cpu_ms"]
+    return {"network_speed_vs_issue_machine": speed, "cpu_outside_network_ms_at_issue_speed": outside_ms * speed}
 
 
 def render(result: dict) -> str:
@@ -104,7 +125,8 @@ def throughput_section(r: dict) -> list[str]:
         row(f"3. pipeline end to end ({run['images']} photos over HTTP)", fmt(run["images_per_s"], 2)),
         row("   pipeline once running (10th-90th percentile of results)", fmt(run["steady_images_per_s"], 2)),
         row("   uploads all answered after (s)", fmt(run["uploads_done_s"])),
-        row(f"ratio 3/1 (target >= {LIMIT_GAIN:.2f})", fmt(t["pipeline_over_limit"], 2), verdict(t["met"]["limit"])),
+        row(f"ratio 3/1 (target >= {t['limit_gain']:.2f})", fmt(t["pipeline_over_limit"], 2),
+            verdict(t["met"]["limit"])),
         row(f"ratio 3/2 (target >= {REFERENCE_GAIN:.2f})", fmt(t["pipeline_over_reference"], 2),
             verdict(t["met"]["reference"])),
         "   outcomes: " + ", ".join(f"{k} {v}" for k, v in run["statuses"].items()),
@@ -139,10 +161,18 @@ def cpu_section(r: dict) -> list[str]:
             verdict(t["met"]["outside_network"])),
         *(row(f"   {part.replace('_', ' ')}{' beyond the network' if part == 'worker_model_process' else ''}",
               fmt(ms)) for part, ms in t["cpu_outside_network_parts"].items()),
+        *scale_rows(t),
         *network_thread_rows(run, r["pipeline"]["settings"].get("network_threads")),
         f"   (cores fit = {cores} cores x 1000 / CPU ms: images/s if nothing else ran and no core ever waited;",
         "    on a busy machine CPU time grows too, as threads spin while they wait for a core)",
     ]
+
+
+def scale_rows(t: dict) -> list[str]:
+    if "network_speed_vs_issue_machine" not in t:
+        return []
+    return [row(f"   estimate at the issue's machine's speed (network here {t['network_speed_vs_issue_machine']:.2f} x)",
+                fmt(t["cpu_outside_network_ms_at_issue_speed"]))]
 
 
 def network_thread_rows(run: dict, threads_per_pass: int | None) -> list[str]:

@@ -64,6 +64,7 @@ def cmd_ensure_secret_key(_args) -> None:
 def cmd_reconcile(_args) -> None:
     from worker.tasks import reconcile
 
+    _database().dispose()
     print(json.dumps(reconcile()))
 
 
@@ -72,6 +73,7 @@ def cmd_status(_args) -> None:
 
     from triage.broker import redis_client
     from triage.db import Database
+    from triage.migrate import SchemaNotCurrent, require_current
     from triage.schema import Image
     from web.health import health_report
     from web.services import Services
@@ -79,6 +81,11 @@ def cmd_status(_args) -> None:
     s = get_settings()
     db = Database(s.database_url)
     report = health_report(Services(settings=s, db=db, store=None, celery=None, redis=redis_client(s.redis_url)))
+    if report["database"]["ok"]:
+        try:
+            require_current(db.engine, s.database_url)
+        except SchemaNotCurrent as exc:
+            report["ok"], report["database"] = False, {"ok": False, "error": str(exc)}
     if report["database"]["ok"]:
         with db.session() as session:
             report["images"] = dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).all())
@@ -98,10 +105,25 @@ def _read_password(args) -> str:
     return first
 
 
-def _auth_session():
-    from triage.db import Database
+def _database():
+    """The configured database, once it is reachable and at this version's schema; otherwise the
+    command ends with a sentence saying what to do, not a traceback."""
+    from sqlalchemy.exc import OperationalError
 
-    return Database(get_settings().database_url)
+    from triage.db import Database
+    from triage.migrate import SchemaNotCurrent, require_current
+
+    url = get_settings().database_url
+    db = Database(url)
+    try:
+        require_current(db.engine, url)
+    except SchemaNotCurrent as exc:
+        db.dispose()
+        sys.exit(str(exc))
+    except OperationalError as exc:
+        db.dispose()
+        sys.exit(f"Cannot reach the database {db.engine.url.render_as_string(hide_password=True)}: {exc.orig}")
+    return db
 
 
 def cmd_create_admin(args) -> None:
@@ -111,7 +133,7 @@ def cmd_create_admin(args) -> None:
     from triage.schema import Role
 
     password = _read_password(args)
-    db = _auth_session()
+    db = _database()
     try:
         with db.session() as s:
             user = create_user(s, args.username, password, Role.ADMIN)
@@ -132,7 +154,7 @@ def cmd_create_token(args) -> None:
     from triage.auth import issue_token
     from triage.schema import User
 
-    db = _auth_session()
+    db = _database()
     try:
         with db.session() as s:
             user = s.scalar(select(User).where(User.username == args.username, User.active.is_(True)))
@@ -149,7 +171,7 @@ def cmd_revoke_token(args) -> None:
     from triage.audit import record
     from triage.auth import revoke_token
 
-    db = _auth_session()
+    db = _database()
     try:
         with db.session() as s:
             row = revoke_token(s, args.id)
@@ -166,7 +188,7 @@ def cmd_create_site(args) -> None:
     from triage.audit import record
     from triage.sites import SiteError, create_site
 
-    db = _auth_session()
+    db = _database()
     try:
         with db.session() as s:
             site = create_site(s, args.name)
@@ -187,7 +209,7 @@ def cmd_add_to_site(args) -> None:
     from triage.schema import User
     from triage.sites import SiteError, remove_membership, set_membership, site_named
 
-    db = _auth_session()
+    db = _database()
     try:
         with db.session() as s:
             user = s.scalar(select(User).where(User.username == args.username))

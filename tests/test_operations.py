@@ -201,3 +201,40 @@ def test_admins_see_a_link_to_flower_and_reviewers_do_not(sqlite_stack):
     stack.add_user("rev", "reviewer")
     reviewer_page = stack.login(stack.app.test_client(), "rev").get("/").get_data(as_text=True)
     assert "Flower" not in reviewer_page
+
+
+def test_commands_on_a_database_behind_this_version_say_to_migrate_and_change_nothing(tmp_path, redis_server):
+    from alembic.script import ScriptDirectory
+
+    from triage.migrate import alembic_config, upgrade
+    from triage.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    env = child_env(Settings(data_dir=tmp_path, database_url=url, redis_url=redis_server.url))
+
+    def cli(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=120)
+
+    def create_admin():
+        return cli("create-admin", "--username", "boss", "--password-stdin", stdin="boss-passphrase-123\n")
+
+    fresh = create_admin()  # an operator who creates the first admin before ever starting the system
+    assert fresh.returncode == 1 and "Traceback" not in fresh.stderr
+    assert "has no schema yet" in fresh.stderr and "dermatriage migrate" in fresh.stderr
+    status = cli("status")
+    assert status.returncode == 1
+    assert "has no schema yet" in json.loads(status.stdout)["database"]["error"]
+
+    script = ScriptDirectory.from_config(alembic_config(url))
+    head = script.get_current_head()
+    previous = script.get_revision(head).down_revision
+    upgrade(url, previous)  # a database left at the version before this one
+    behind = cli("create-token", "--username", "boss")
+    assert behind.returncode == 1 and "Traceback" not in behind.stderr
+    assert f"is at schema {previous}, and this version needs {head}" in behind.stderr
+
+    assert cli("migrate").returncode == 0
+    made = create_admin()
+    assert made.returncode == 0, made.stderr
+    assert cli("create-token", "--username", "boss").stdout.startswith("dt_")

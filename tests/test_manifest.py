@@ -45,6 +45,8 @@ RULES = [
     ("sex", HEADER + "a.jpg,P-1,L-1,back,,f,,\n", [(2, "sex", False)], "not one of female, male, other, unknown"),
     ("skin type 7", HEADER + "a.jpg,P-1,L-1,back,,,7,\n", [(2, "fitzpatrick", False)], "not a Fitzpatrick"),
     ("skin type 0", HEADER + "a.jpg,P-1,L-1,back,,,0,\n", [(2, "fitzpatrick", False)], "not a Fitzpatrick"),
+    ("skin type 2.5", HEADER + "a.jpg,P-1,L-1,back,,,2.5,\n", [(2, "fitzpatrick", False)], "not a Fitzpatrick"),
+    ("age 40.5", HEADER + "a.jpg,P-1,L-1,back,40.5,,,\n", [(2, "age", False)], "not an age"),
     ("note too long", HEADER + f"a.jpg,P-1,L-1,back,,,,{'x' * 501}\n", [(2, "note", False)], "at most 500"),
 ]
 
@@ -116,6 +118,17 @@ def test_the_folder_convention_reports_each_bad_folder_once():
         "loose.jpg: is not inside a <patient>/<lesion>/ folder.",
     ]
     assert all(p.whole for p in manifest.problems)
+
+
+def test_whole_numbers_written_as_a_spreadsheet_writes_them_are_taken():
+    # A numeric column saved by a spreadsheet or a data tool reads "2.0"; the public PAD-UFES-20 metadata
+    # does this for the skin type. Only whole values pass: 2.5 is refused above.
+    manifest = parse_csv(HEADER + "a.jpg,P-1,L-1,back,31.0,,2.0,\nb.jpg,P-1,L-2,back,7,,IV,\n", PHOTOS)
+    assert manifest.ok, manifest.problems
+    assert manifest.files["a.jpg"] == Fields("P-1", "L-1", "back", 31, None, 2)
+    assert manifest.files["b.jpg"] == Fields("P-1", "L-2", "back", 7, None, 4)
+    rows = parse_rows([{"path": "a.jpg", "patient": "P-1", "lesion": "L-1", "age": 40.0, "fitzpatrick": 3.0}], PHOTOS)
+    assert rows.ok and rows.files["a.jpg"] == Fields("P-1", "L-1", None, 40, None, 3)
 
 
 def test_the_apis_rows_follow_the_same_rules():

@@ -239,6 +239,8 @@ def _text(value) -> str | None:
         return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer():  # 40.0, as a data tool writes a numeric column
+        return str(int(value))
     return None
 
 
@@ -263,11 +265,20 @@ def _body_site(text: str) -> tuple[str | None, str | None]:
     return slug, None if slug else f"is not a body site; use one of {', '.join(BODY_SITES)}."
 
 
+_WHOLE = re.compile(r"[0-9]+(?:\.0+)?")
+
+
+def _whole(text: str) -> int | None:
+    """A whole number, also as spreadsheets and data tools write one from a numeric column ("2.0")."""
+    return int(text.split(".")[0]) if text.isascii() and _WHOLE.fullmatch(text) else None
+
+
 def _age(text: str) -> tuple[int | None, str | None]:
     low, high = AGE_RANGE
-    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+    years = _whole(text)
+    if years is None or not low <= years <= high:
         return None, f"is not an age: give a whole number of years from {low} to {high}."
-    return int(text), None
+    return years, None
 
 
 def _sex(text: str) -> tuple[str | None, str | None]:
@@ -277,7 +288,7 @@ def _sex(text: str) -> tuple[str | None, str | None]:
 
 def _fitzpatrick(text: str) -> tuple[int | None, str | None]:
     value = text.lower()
-    number = ROMAN.get(value) or (int(value) if value.isascii() and value.isdigit() else None)
+    number = ROMAN.get(value) or _whole(value)
     if number not in FITZPATRICK_TYPES:
         return None, "is not a Fitzpatrick skin type: give 1 to 6 (or I to VI)."
     return number, None

@@ -7,6 +7,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 setup_venv "cpu"
 eval "$("$VENV/bin/python" -m scripts.cli env)"  # resolved settings: REDIS_URL, ports, model path
+# A second copy on the same ports would start a second worker and a second scheduler before its portal
+# failed to bind: stop before anything starts.
+export DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}"
+for taken in "$DERMATRIAGE_WEB_HOST:$DERMATRIAGE_WEB_PORT" "127.0.0.1:$DERMATRIAGE_FLOWER_PORT" \
+             "127.0.0.1:$DERMATRIAGE_WORKER_METRICS_PORT"; do
+    if port_taken "${taken%:*}" "${taken##*:}"; then
+        say "$taken is already in use: is DermaTriage already running? (dermatriage status)" \
+            "Stop it, or set DERMATRIAGE_WEB_PORT, DERMATRIAGE_FLOWER_PORT and DERMATRIAGE_WORKER_METRICS_PORT."
+        exit 1
+    fi
+done
 ensure_redis "$REDIS_URL"
 "$VENV/bin/python" -m scripts.cli migrate
 "$VENV/bin/python" -m scripts.cli ensure-model
@@ -44,7 +55,6 @@ supervise() {
     --timeout 300 "web.wsgi:app" &
 pids+=($!)
 export DERMATRIAGE_WORKER_NAME="worker1@$(hostname)"
-export DERMATRIAGE_WORKER_METRICS_PORT="${DERMATRIAGE_WORKER_METRICS_PORT:-9808}"
 supervise "$VENV/bin/celery" -A worker.app worker --pool prefork --concurrency 1 \
     -Q "$DERMATRIAGE_QUEUE" -n "worker1@%h" --loglevel INFO
 # One scheduler for the deployment, in its own process: a worker's death does not stop it, nor its the

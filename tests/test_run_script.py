@@ -58,6 +58,25 @@ def test_run_script_serves_analyses_and_stops_on_ctrl_c(tmp_path, redis_server, 
         raise AssertionError(f"processes left running: {_group(proc.pid, details=True)}") from None
 
 
+def test_a_second_copy_on_ports_in_use_starts_nothing(tmp_path, redis_server):
+    import socket
+
+    with socket.socket() as taken:  # the portal's port, held as a running copy would hold it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DERMATRIAGE_")}
+        env.update(DERMATRIAGE_DATA_DIR=str(tmp_path / "var"), REDIS_URL=redis_server.url,
+                   DERMATRIAGE_WEB_PORT=str(port), DERMATRIAGE_FLOWER_PORT=str(free_port()),
+                   DERMATRIAGE_WORKER_METRICS_PORT=str(free_port()))
+        run = subprocess.run(["bash", "scripts/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600, start_new_session=True)
+    assert run.returncode == 1
+    assert f"127.0.0.1:{port} is already in use: is DermaTriage already running?" in run.stderr
+    # it stopped before anything: no database, no model, no worker or scheduler started
+    assert not (tmp_path / "var" / "dermatriage.db").exists() and "celery" not in run.stderr + run.stdout
+
+
 def test_every_variable_the_run_script_reads_is_set_on_embedded_defaults():
     """`set -u` stops the run script at an unset variable: each it reads is exported by `dermatriage env`,
     set by the script itself, or read with a default."""

@@ -405,6 +405,7 @@ def test_per_file_fields_are_stored_and_shown_where_the_image_is(stack):
     assert images["day/c.jpg"]["patient"] is None and images["day/c.jpg"]["lesion"] is None
     html = stack.client.get(f"/batches/{body['batch_id']}").get_data(as_text=True)
     assert 'data-patient="P-0042" data-lesion="L-7"' in html and "Upper arm" in html and "raised, itchy" in html
+    assert "Fitzpatrick II" in html
     # The identifiers and the note are never in the audit log.
     with stack.db.session() as s:
         details = str(s.query(AuditEvent.details).all())
@@ -419,7 +420,7 @@ def test_the_case_page_shows_patient_lesion_and_body_site(sqlite_stack):
     analysis = seed_analysis(stack.db, body["batch_id"], image_id=body["files"][0]["image_id"])
     html = stack.login().get(f"/review/{analysis}").get_data(as_text=True)
     for shown in ('<b class="patient">P-9</b>', '<b class="lesion">L-9</b>', "Back", "age 70", "male",
-                  "Fitzpatrick 5", "Note: bleeds"):
+                  "Fitzpatrick V", "Note: bleeds"):  # skin types as clinicians write them
         assert shown in html
 
 

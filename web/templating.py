@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from triage.manifest import ROMAN
 from triage.schema import utcnow
+
+_SKIN_TYPES = {number: roman.upper() for roman, number in ROMAN.items()}
 
 
 def ago(moment: datetime | None) -> str:
@@ -37,5 +40,10 @@ def filesize(size: int | None) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
+def skin_type(number: int | None) -> str:
+    """A Fitzpatrick skin type as clinicians write it (II, not 2); the exports keep the number."""
+    return _SKIN_TYPES.get(number, "") if number else ""
+
+
 def register_filters(app) -> None:
-    app.jinja_env.filters.update(ago=ago, utc=utc, percent=percent, filesize=filesize)
+    app.jinja_env.filters.update(ago=ago, utc=utc, percent=percent, filesize=filesize, skin_type=skin_type)

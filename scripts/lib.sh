@@ -66,10 +66,10 @@ redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1, socket_timeout=1).pi
 PY
 }
 
-# ensure_redis URL: use a running Redis, else start a local one (only for a local URL).
 # Whether something already answers at host:port (bash's own /dev/tcp; one second at most).
 port_taken() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
+# ensure_redis URL: use a running Redis, else start a local one (only for a local URL).
 ensure_redis() {
     local url="$1" port
     if redis_ping "$url"; then return; fi
